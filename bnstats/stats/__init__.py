@@ -1,0 +1,1 @@
+"""Paired statistics for seed-paired sweeps (filled in by the statistics layer)."""
