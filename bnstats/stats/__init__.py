@@ -1,1 +1,35 @@
-"""Paired statistics for seed-paired sweeps (filled in by the statistics layer)."""
+"""Paired statistics for seed-paired sweeps.
+
+Public API::
+
+    paired(a, b, ...)                 -> PairedResult        d = b - a, paired by position
+    compare(runs, metric, factor, baseline, ...) -> DataFrame  one row per cell x arm
+    describe(runs, metric, factor, ...)          -> DataFrame  per cell x arm summaries
+    adjust(pvalues, method)           -> ndarray             R's p.adjust (holm | bh | bonferroni)
+    seeds_needed(sd_diff, effect, ...) -> int                R's power.t.test(type="paired"), rounded up
+    seeds_for_halfwidth(sd_diff, halfwidth, ...) -> int
+    plan(runs, ...)                   -> DataFrame           seeds per comparison from a pilot
+    min_p(n, test=...)                -> float               smallest attainable p
+    mixed(runs, formula, groups)      -> MixedResult         random intercept per seed
+    variance_ratio(a, b, ...)         -> VarianceRatioResult Pitman-Morgan paired variance test
+    association(moments, runs, ...)   -> DataFrame           moment vs metric across seeds
+    paired_association(moments, runs, ...) -> DataFrame      delta-moment vs delta-metric
+
+All randomness comes from ``rng`` through ``np.random.default_rng(rng)``; ``rng=None`` means the fixed
+:data:`DEFAULT_SEED`, so the same inputs give the same bytes.
+"""
+
+from ._results import DEFAULT_SEED
+from .association import association, correlation, paired_association
+from .compare import compare, describe, plan
+from .mixed import MixedResult, mixed
+from .multiplicity import adjust
+from .paired import PairedResult, paired
+from .power import min_p, seeds_for_halfwidth, seeds_needed
+from .variance import VarianceRatioResult, variance_ratio
+
+__all__ = [
+    "DEFAULT_SEED", "MixedResult", "PairedResult", "VarianceRatioResult", "adjust", "association", "compare",
+    "correlation", "describe", "min_p", "mixed", "paired", "paired_association", "plan", "seeds_for_halfwidth",
+    "seeds_needed", "variance_ratio",
+]

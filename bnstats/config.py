@@ -1,0 +1,452 @@
+"""Sweep and run configuration: frozen dataclasses, TOML loading with validation, grid expansion.
+
+A sweep is the product of the ``[grid]`` lists times the seeds. Each element is a :class:`RunConfig`,
+whose ``run_id`` is a stable hash of everything that determines its numbers (dataset, model, training,
+moment probes, seed). Runtime choices (device, workers, launcher) are not part of a run's identity;
+they are recorded beside its results instead.
+
+Every key is validated here, in one place: an unknown key lists the valid ones, a bad value names
+the allowed values and what was received (:class:`ConfigError`, a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+ARCHS = ("mlp", "cnn", "vgg", "resnet")
+PLACEMENTS = ("before", "after", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "selu", "tanh", "sigmoid", "silu", "identity")
+NORMS = ("batch", "layer", "group")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+RESNET_ORDERS = ("post", "pre")
+POOL_POSITIONS = ("after_norm", "before_norm")
+DROPOUT_POSITIONS = ("block", "head")
+SOURCES = ("train", "probe")
+SITES = ("norm_in", "norm_out", "act_in", "act_out")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is not allowed; the message names the field."""
+
+
+def _err(field_name: str, allowed: str, got: Any) -> ConfigError:
+    return ConfigError(f"{field_name}: expected {allowed}, got {got!r}")
+
+
+def _choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise _err(field_name, "one of " + ", ".join(repr(a) for a in allowed), value)
+    return value
+
+
+def _number(field_name: str, value: Any, *, kind: type = float, low: float | None = None,
+            high: float | None = None, low_open: bool = False) -> Any:
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        raise _err(field_name, "an integer" if kind is int else "a number", value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise _err(field_name, f"a number {'>' if low_open else '>='} {low}", value)
+    if high is not None and value > high:
+        raise _err(field_name, f"a number <= {high}", value)
+    return kind(value)
+
+
+def _bool(field_name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _err(field_name, "true or false", value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections. Defaults here are the documented defaults; README's config reference mirrors these comments.
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/cache"     # where dataset files live (and where mnist1d is cached once generated)
+    augment: bool = False        # random crop (with `crop_padding`) + horizontal flip; images only
+    crop_padding: int = 4        # pixels of zero padding before the random crop
+    flip: bool = True            # horizontal flip in the augmentation (images only)
+
+    def validate(self) -> DataConfig:
+        if not isinstance(self.root, str):
+            raise _err("data.root", "a path string", self.root)
+        _bool("data.augment", self.augment)
+        _number("data.crop_padding", self.crop_padding, kind=int, low=0)
+        _bool("data.flip", self.flip)
+        return self
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "mlp"            # mlp | cnn | vgg | resnet
+    placement: str = "before"    # before: op -> norm -> act; after: op -> act -> norm; none: op(+bias) -> act
+    activation: str = "relu"     # relu | leaky_relu | elu | gelu | selu | tanh | sigmoid | silu | identity
+    norm: str = "batch"          # batch | layer | group (the norm placed by `placement`)
+    width: int = 0               # hidden units (mlp) or channels of the first stage; 0 = the arch's default
+    depth: int = 0               # hidden blocks (mlp), conv blocks (cnn, vgg), residual blocks (resnet); 0 = default
+    kernel_size: int = 5         # conv kernel (cnn on 1-D data; 2-D models use 3)
+    affine: bool = True          # learnable scale and shift in the norm
+    pool: str = "after_norm"     # vgg/cnn-2d: max-pool after the whole block, or before the norm
+    dropout: float = 0.0         # dropout rate (0 = off)
+    dropout_position: str = "head"   # head: before the classifier; block: after every block
+    resnet_order: str = "post"   # post: conv-norm-act (He 2015); pre: norm-act-conv (He 2016)
+
+    def validate(self) -> ModelConfig:
+        _choice("model.arch", self.arch, ARCHS)
+        _choice("model.placement", self.placement, PLACEMENTS)
+        _choice("model.activation", self.activation, ACTIVATIONS)
+        _choice("model.norm", self.norm, NORMS)
+        _number("model.width", self.width, kind=int, low=0)
+        _number("model.depth", self.depth, kind=int, low=0)
+        _number("model.kernel_size", self.kernel_size, kind=int, low=1)
+        _bool("model.affine", self.affine)
+        _choice("model.pool", self.pool, POOL_POSITIONS)
+        _number("model.dropout", self.dropout, low=0.0, high=0.99)
+        _choice("model.dropout_position", self.dropout_position, DROPOUT_POSITIONS)
+        _choice("model.resnet_order", self.resnet_order, RESNET_ORDERS)
+        return self
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20             # passes over the training set
+    batch_size: int = 128        # examples per step; the last partial batch of an epoch is dropped
+    optimizer: str = "sgd"       # sgd | adam | adamw
+    lr: float = 0.05             # peak learning rate
+    momentum: float = 0.9        # sgd momentum (adam: beta1)
+    nesterov: bool = False       # sgd only
+    weight_decay: float = 0.0    # L2 (sgd, adam) or decoupled (adamw)
+    schedule: str = "constant"   # constant | cosine (to 0 over all steps) | step (x0.1 at 50% and 75%)
+    warmup_epochs: float = 0.0   # linear warm-up from 0, in epochs
+    label_smoothing: float = 0.0
+    eval_batch_size: int = 1000  # evaluation batch (no effect on results, only on memory)
+
+    def validate(self) -> TrainConfig:
+        _number("train.epochs", self.epochs, kind=int, low=1)
+        _number("train.batch_size", self.batch_size, kind=int, low=2)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _number("train.lr", self.lr, low=0.0, low_open=True)
+        _number("train.momentum", self.momentum, low=0.0, high=0.999999)
+        _bool("train.nesterov", self.nesterov)
+        _number("train.weight_decay", self.weight_decay, low=0.0)
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _number("train.warmup_epochs", self.warmup_epochs, low=0.0)
+        _number("train.label_smoothing", self.label_smoothing, low=0.0, high=0.99)
+        _number("train.eval_batch_size", self.eval_batch_size, kind=int, low=1)
+        return self
+
+
+@dataclass(frozen=True)
+class MomentsConfig:
+    enabled: bool = True         # record activation moments at every block's sites
+    every: int = 10              # training-batch moments every k steps (0 = never; probes still run)
+    probe_size: int = 512        # fixed probe batch: the first `probe_size` test inputs, eval mode, each epoch
+    per_channel: bool = False    # also store one row per channel (large)
+
+    def validate(self) -> MomentsConfig:
+        _bool("moments.enabled", self.enabled)
+        _number("moments.every", self.every, kind=int, low=0)
+        _number("moments.probe_size", self.probe_size, kind=int, low=1)
+        _bool("moments.per_channel", self.per_channel)
+        return self
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    kind: str = "local"          # local (worker processes) | submitit (Slurm, or submitit's local executor)
+    workers: int = 0             # local: worker processes (0 = one per CPU core, or one per visible GPU)
+    runs_per_task: int = 1       # runs packed into one submitted task (amortises start-up on clusters)
+    folder: str = ""             # submitit log folder ("" = <sweep dir>/submitit)
+    partition: str = ""          # Slurm partition ("" = cluster default)
+    time_min: int = 60           # Slurm time limit per task, minutes
+    gpus_per_task: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float = 4.0
+    array_parallelism: int = 64  # Slurm array tasks running at once
+    cluster: str = ""            # submitit cluster: "" = auto (Slurm if present), "local", "debug", "slurm"
+
+    def validate(self) -> LauncherConfig:
+        _choice("launcher.kind", self.kind, ("local", "submitit"))
+        _number("launcher.workers", self.workers, kind=int, low=0)
+        _number("launcher.runs_per_task", self.runs_per_task, kind=int, low=1)
+        for name in ("folder", "partition", "cluster"):
+            if not isinstance(getattr(self, name), str):
+                raise _err(f"launcher.{name}", "a string", getattr(self, name))
+        _choice("launcher.cluster", self.cluster, ("", "local", "debug", "slurm"))
+        _number("launcher.time_min", self.time_min, kind=int, low=1)
+        _number("launcher.gpus_per_task", self.gpus_per_task, kind=int, low=0)
+        _number("launcher.cpus_per_task", self.cpus_per_task, kind=int, low=1)
+        _number("launcher.mem_gb", self.mem_gb, low=0.0, low_open=True)
+        _number("launcher.array_parallelism", self.array_parallelism, kind=int, low=1)
+        return self
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "moments": MomentsConfig,
+    "launcher": LauncherConfig,
+}
+TOP_KEYS = ("name", "description", "dataset", "seeds", "grid", *SECTIONS)
+DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
+# Keys of these sections may be swept in [grid]; `[train]` keys too (e.g. lr).
+GRID_SECTIONS = ("model", "train")
+
+
+def _keys(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _grid_keys() -> dict[str, str]:
+    return {k: sec for sec in GRID_SECTIONS for k in _keys(SECTIONS[sec])}
+
+
+def derive_seed(seed: int, *keys: str) -> int:
+    """A 63-bit seed for one purpose (``"init"``, ``"order"``, ``"aug"`` ...) of a seed.
+
+    Separate streams keep arms paired: drawing one more augmentation number cannot shift the
+    data order, and a parameter that only one arm has cannot shift another's initial weights.
+    """
+    text = "/".join([str(int(seed)), *keys])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hex digest of canonical JSON (sorted keys), stable across processes and machines."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run's numbers."""
+
+    dataset: str
+    seed: int
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    moments: MomentsConfig = field(default_factory=MomentsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sweep: str = ""              # name of the sweep it belongs to (bookkeeping only, not in run_id)
+    factors: tuple[str, ...] = ()  # grid factor names of its sweep (bookkeeping only)
+
+    def identity(self) -> dict[str, Any]:
+        d = {"dataset": self.dataset, "seed": self.seed}
+        for sec in ("model", "train", "moments"):
+            d[sec] = dataclasses.asdict(getattr(self, sec))
+        # data.root is where files live, not what they are; augmentation changes numbers.
+        d["data"] = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "root"}
+        return d
+
+    @property
+    def run_id(self) -> str:
+        return stable_hash(self.identity())
+
+    def factor_values(self) -> dict[str, Any]:
+        grid = _grid_keys()
+        return {k: getattr(getattr(self, grid[k]), k) for k in self.factors}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.identity()
+        d["data"] = dataclasses.asdict(self.data)
+        d["sweep"] = self.sweep
+        d["factors"] = list(self.factors)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return cls(
+            dataset=d["dataset"], seed=int(d["seed"]),
+            model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"]),
+            moments=MomentsConfig(**d["moments"]), data=DataConfig(**d["data"]),
+            sweep=d.get("sweep", ""), factors=tuple(d.get("factors", ())),
+        )
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    dataset: str = "mnist1d"
+    seeds: tuple[int, ...] = tuple(range(10))
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    moments: MomentsConfig = field(default_factory=MomentsConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+    @property
+    def factors(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.grid)
+
+    def runs(self) -> list[RunConfig]:
+        """Grid × seeds, seed-major so that all arms of a seed finish close together."""
+        sections = _grid_keys()
+        keys = self.factors
+        combos = list(itertools.product(*(values for _, values in self.grid))) or [()]
+        out = []
+        for seed in self.seeds:
+            for combo in combos:
+                parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+                for k, v in zip(keys, combo, strict=True):
+                    parts[sections[k]][k] = v
+                out.append(RunConfig(
+                    dataset=self.dataset, seed=seed,
+                    model=replace(self.model, **parts["model"]).validate(),
+                    train=replace(self.train, **parts["train"]).validate(),
+                    moments=self.moments, data=self.data, sweep=self.name, factors=keys,
+                ))
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What an output directory is bound to: everything but the seeds and the launcher.
+
+        Adding seeds to a finished sweep is allowed (only the new runs train); changing anything
+        that alters the runs' numbers is not.
+        """
+        d = {"name": self.name, "dataset": self.dataset, "grid": [[k, list(v)] for k, v in self.grid]}
+        for sec in ("model", "train", "moments"):
+            d[sec] = dataclasses.asdict(getattr(self, sec))
+        d["data"] = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "root"}
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "description": self.description,
+                             "dataset": self.dataset, "seeds": list(self.seeds)}
+        for sec in SECTIONS:
+            d[sec] = dataclasses.asdict(getattr(self, sec))
+        d["grid"] = {k: list(v) for k, v in self.grid}
+        return d
+
+
+def _section(name: str, raw: Any) -> Any:
+    cls = SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise _err(f"[{name}]", "a table of keys", raw)
+    valid = _keys(cls)
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown key; valid keys of [{name}] are: {', '.join(valid)}")
+    return cls(**raw).validate()
+
+
+def _seeds(raw: Any) -> tuple[int, ...]:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if raw < 1:
+            raise _err("seeds", "a positive count or a list of distinct non-negative integers", raw)
+        return tuple(range(raw))
+    if isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                             for s in raw):
+        if len(set(raw)) != len(raw):
+            raise _err("seeds", "distinct seeds", raw)
+        return tuple(raw)
+    raise _err("seeds", "a positive count or a list of distinct non-negative integers", raw)
+
+
+def _grid(raw: Any, sections: dict[str, Any]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if not isinstance(raw, dict):
+        raise _err("[grid]", "a table of lists", raw)
+    valid = _grid_keys()
+    out = []
+    for key, values in raw.items():
+        if key not in valid:
+            raise ConfigError(f"grid.{key}: unknown key; valid grid keys are: {', '.join(valid)}")
+        if not isinstance(values, list) or not values:
+            raise _err(f"grid.{key}", "a non-empty list", values)
+        if len(set(map(repr, values))) != len(values):
+            raise _err(f"grid.{key}", "distinct values", values)
+        for v in values:  # validate each value through its section's own checks
+            sec = valid[key]
+            try:
+                replace(sections[sec], **{key: v}).validate()
+            except ConfigError as e:
+                raise ConfigError(str(e).replace(f"{sec}.{key}:", f"grid.{key}:", 1)) from None
+        out.append((key, tuple(values)))
+    return tuple(out)
+
+
+def from_dict(raw: dict[str, Any]) -> SweepConfig:
+    """Validate a parsed TOML document into a :class:`SweepConfig`."""
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; valid top-level keys are: {', '.join(TOP_KEYS)}")
+    if "name" not in raw:
+        raise ConfigError("name: missing; every sweep needs a name (it names its output directory)")
+    name = raw["name"]
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ ") or name.startswith("."):
+        raise _err("name", "a non-empty string without spaces or slashes", name)
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise _err("description", "a string", description)
+    dataset = _choice("dataset", raw.get("dataset", "mnist1d"), DATASETS)
+    sections = {sec: _section(sec, raw.get(sec, {})) for sec in SECTIONS}
+    grid = _grid(raw.get("grid", {}), sections)
+    seeds = _seeds(raw.get("seeds", 10))
+    return SweepConfig(name=name, description=description, dataset=dataset, seeds=seeds, grid=grid,
+                       **sections)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` (value in TOML syntax; bare words are strings) -> (path, value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set: expected section.key=value, got {text!r}")
+    path, value = text.split("=", 1)
+    path = path.strip()
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return path.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain TOML data
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: {k} is not a section")
+        node[keys[-1]] = value
+    return raw
+
+
+DEFAULT_CONFIG = "placement-mnist1d"
+
+
+def default_config_text(name: str = DEFAULT_CONFIG) -> str:
+    """The TOML text of a config embedded in the package (``bnstats/configs/<name>.toml``)."""
+    return resources.files("bnstats").joinpath("configs", f"{name}.toml").read_text()
+
+
+def load(path: str | Path | None = None, *, overrides: list[str] = (), seeds: int | None = None
+         ) -> SweepConfig:
+    """Load a sweep config from TOML (``None``: the embedded default), apply ``--set`` overrides."""
+    if path is None:
+        text = default_config_text()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: file not found: {str(p)!r}")
+        text = p.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: not valid TOML ({path or 'embedded default'}): {e}") from None
+    raw = apply_overrides(raw, list(overrides))
+    if seeds is not None:
+        raw["seeds"] = seeds
+    return from_dict(raw)

@@ -1,0 +1,262 @@
+"""One run: build, initialise, train, evaluate, probe. One flat loop, top to bottom.
+
+Everything random comes from generators derived from the run's seed (``config.derive_seed``):
+``init`` (weights, by parameter name), ``order`` (the batch order), ``aug`` (crops and flips) and
+``dropout``. Arms of one seed therefore share weights, batches and augmentation; only the
+architecture differs. Nothing reads or sets global RNG state.
+
+Inside the loop nothing leaves the device: losses, accuracies, divergence and moments are reduced
+on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__, data, models
+from .config import RunConfig, derive_seed
+from .moments import MomentAccumulator, summarize_many
+
+
+@dataclass
+class RunOutput:
+    """What one run produces: one ``runs`` row and its ``curves`` / ``moments`` rows."""
+
+    run: dict[str, Any]
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    moments: list[dict[str, Any]] = field(default_factory=list)
+    moments_channel: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))  # "step"
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+
+
+class SiteRecorder:
+    """Collects one :class:`MomentAccumulator` per (layer, site) of a forward pass.
+
+    When a block hands over the same tensor for two sites (``before``: ``norm_out`` is ``act_in``;
+    ``after``: ``act_out`` is ``norm_in``) the moments are computed once and reported for both.
+    """
+
+    def __init__(self) -> None:
+        self.accs: dict[tuple[int, str], MomentAccumulator] = {}
+        self.aliases: dict[tuple[int, str], tuple[int, str]] = {}
+        self._last: tuple[torch.Tensor, tuple[int, str]] | None = None
+
+    def __call__(self, layer: int, site: str, x: torch.Tensor) -> None:
+        key = (layer, site)
+        if self._last is not None and self._last[0] is x:
+            self.aliases[key] = self._last[1]
+            return
+        acc = self.accs.get(key)
+        if acc is None:
+            acc = self.accs[key] = MomentAccumulator()
+        acc.update(x.detach())
+        self._last = (x, key)
+
+    def rows(self, keys: dict[str, Any]) -> list[tuple[dict[str, Any], MomentAccumulator]]:
+        out = [({**keys, "layer": k[0], "site": k[1]}, a) for k, a in self.accs.items()]
+        out += [({**keys, "layer": k[0], "site": k[1]}, self.accs[src]) for k, src in self.aliases.items()]
+        return out
+
+
+def _moment_rows(pending: list[tuple[dict[str, Any], MomentAccumulator]], per_channel: bool
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Summaries of many accumulators with one host transfer."""
+    if not pending:
+        return [], []
+    summaries = summarize_many([acc for _, acc in pending])
+    rows = [{**keys, **s} for (keys, _), s in zip(pending, summaries, strict=True)]
+    channel_rows: list[dict[str, Any]] = []
+    if per_channel:
+        for keys, acc in pending:
+            res = {k: v.detach().cpu().numpy() for k, v in acc.result().items()}
+            for c in range(len(res["mean"])):
+                channel_rows.append({**keys, "channel": c, **{k: float(v[c]) for k, v in res.items()}})
+    return rows, channel_rows
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy (fraction) on ``x, y``, as device scalars."""
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(0, len(x), batch_size):
+        out = model(x[i:i + batch_size])
+        loss += F.cross_entropy(out.float(), y[i:i + batch_size], reduction="sum").double()
+        correct += (out.argmax(1) == y[i:i + batch_size]).sum()
+    return loss / len(x), correct.double() / len(x)
+
+
+def versions() -> dict[str, str]:
+    import pandas
+    import scipy
+
+    return {"bnstats_version": __version__, "torch_version": torch.__version__,
+            "numpy_version": np.__version__, "scipy_version": scipy.__version__,
+            "pandas_version": pandas.__version__, "python_version": platform.python_version()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.machine()}:{torch.get_num_threads()}threads"
+
+
+def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str = "") -> RunOutput:
+    """Train one run and return its rows. Deterministic on CPU: the same run gives the same bytes."""
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    ds = data.load(run.dataset, run.data.root)
+    dd = data.to_device(ds, device)
+    tc, mc = run.train, run.moments
+
+    # --- model and pairing certificate ---------------------------------------------------------
+    model = models.build(run.model, dd.input_shape, dd.num_classes)
+    models.init_parameters(model, run.seed)
+    init_hash = models.init_hash(model)
+    model.to(device)
+    order_gen = torch.Generator().manual_seed(derive_seed(run.seed, "order"))
+    aug_gen = torch.Generator().manual_seed(derive_seed(run.seed, "aug"))
+    drop_gen = torch.Generator(device=device).manual_seed(derive_seed(run.seed, "dropout"))
+    models.set_dropout_generator(model, drop_gen)
+    order_hash = hashlib.sha256()
+
+    # --- optimisation ----------------------------------------------------------------------------
+    n_train = len(dd.x_train)
+    steps_per_epoch = n_train // tc.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"train.batch_size: {tc.batch_size} exceeds the {n_train} training examples")
+    total_steps = steps_per_epoch * tc.epochs
+    opt = make_optimizer(model, tc)
+    warmup = round(tc.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=tc.schedule))
+
+    probe_x = dd.x_test[: mc.probe_size]
+    moments: list[dict[str, Any]] = []
+    moments_channel: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+
+    def probe(epoch: int, step: int) -> None:
+        rec = SiteRecorder()
+        model.eval()
+        with torch.no_grad(), models.record(model, rec):
+            model(probe_x)
+        rows, ch = _moment_rows(rec.rows({"epoch": epoch, "step": step, "source": "probe"}), mc.per_channel)
+        moments.extend(rows)
+        moments_channel.extend(ch)
+
+    if mc.enabled:
+        probe(0, 0)
+
+    step = 0
+    diverged, diverged_step = False, -1
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    step_t = torch.zeros((), dtype=torch.int64, device=device)  # the step, on the device: no host copy
+    train_loss = test_loss = test_acc = train_acc = float("nan")
+    epochs_completed = 0
+    for epoch in range(1, tc.epochs + 1):
+        perm = data.epoch_order(n_train, order_gen)[: steps_per_epoch * tc.batch_size]
+        order_hash.update(perm.numpy().astype("<i8").tobytes())
+        batches = perm.view(steps_per_epoch, tc.batch_size).to(device)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        pending: list[tuple[dict[str, Any], MomentAccumulator]] = []
+        for i in range(steps_per_epoch):
+            xb, yb = dd.x_train[batches[i]], dd.y_train[batches[i]]
+            if run.data.augment and dd.is_image:
+                xb = data.augment(xb, aug_gen, padding=run.data.crop_padding, flip=run.data.flip)
+            if mc.enabled and mc.every and step % mc.every == 0:
+                rec = SiteRecorder()
+                with models.record(model, rec):
+                    out = model(xb)
+                pending += rec.rows({"epoch": epoch, "step": step, "source": "train"})
+            else:
+                out = model(xb)
+            loss = F.cross_entropy(out.float(), yb, label_smoothing=tc.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss = loss.detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step_t, first_bad)
+            step_t += 1
+            loss_sum += loss.double()
+            correct += (out.detach().argmax(1) == yb).sum()
+            step += 1
+
+        # --- once per epoch: evaluate, probe, then the single host read of the epoch ---------
+        t_loss, t_acc = evaluate(model, dd.x_test, dd.y_test, tc.eval_batch_size)
+        rows, ch = _moment_rows(pending, mc.per_channel)
+        moments.extend(rows)
+        moments_channel.extend(ch)
+        bad = int(first_bad)
+        train_loss = float(loss_sum) / steps_per_epoch
+        train_acc = float(correct) / (steps_per_epoch * tc.batch_size)
+        test_loss, test_acc = float(t_loss), float(t_acc)
+        epochs_completed = epoch
+        if bad >= 0:
+            diverged, diverged_step = True, bad
+            # A diverged model's predictions mean nothing: its final metrics are NaN, the curve shows why.
+            test_loss = test_acc = float("nan")
+        curves.append({"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
+                       "train_loss": train_loss, "train_acc": train_acc,
+                       "test_loss": test_loss, "test_acc": test_acc,
+                       "wall_time_s": time.perf_counter() - t_start})
+        if diverged:
+            break
+        if mc.enabled:
+            probe(epoch, step)
+
+    run_id = run.run_id
+    row = {
+        "run_id": run_id, "sweep": run.sweep, "seed": run.seed, "dataset": run.dataset,
+        "arch": run.model.arch, "placement": run.model.placement, "activation": run.model.activation,
+        **{k: v for k, v in run.factor_values().items() if k not in ("arch", "placement", "activation")},
+        "test_acc": test_acc, "test_loss": test_loss, "train_loss": train_loss, "train_acc": train_acc,
+        "diverged": diverged, "diverged_step": diverged_step, "epochs_completed": epochs_completed,
+        "steps": step, "n_params": sum(p.numel() for p in model.parameters()),
+        "init_hash": init_hash, "order_hash": order_hash.hexdigest()[:16],
+        "data_hash": data.fingerprint(ds),
+        "wall_time_s": time.perf_counter() - t_start, "device": device_name(device),
+        "hostname": socket.gethostname(), "git_commit": git_commit, **versions(),
+    }
+    for r in curves:
+        r["run_id"] = run_id
+    for r in moments:
+        r["run_id"] = run_id
+    for r in moments_channel:
+        r["run_id"] = run_id
+    return RunOutput(row, curves, moments, moments_channel)

@@ -1,0 +1,412 @@
+"""Tests for bnstats.moments: streaming Chan/Pébay moments against scipy on the concatenated data.
+
+Independent reference: scipy.stats.skew(bias=True), scipy.stats.kurtosis(fisher=True, bias=True),
+np.mean, np.var (two-pass float64) on the same values the accumulator saw (after rounding to the
+input dtype), channel by channel.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from hypothesis import given, settings
+
+from bnstats.moments import (
+    STAT_NAMES,
+    SUMMARY_KEYS,
+    MomentAccumulator,
+    MomentResult,
+    summarize,
+    summarize_many,
+)
+
+SHAPES = {  # spatial part of [N, C, *spatial]
+    "NC": (),
+    "NCL": (5,),
+    "NCHW": (3, 4),
+}
+N_BATCH = 96
+CONSTANT_CHANNELS = (4, 5)  # see make_data
+
+
+def make_data(rng: np.random.Generator, n: int, spatial: tuple[int, ...]) -> np.ndarray:
+    """[n, 6, *spatial] float64; one distribution per channel.
+
+    0: 1e4 + N(0, 1) (large offset)      1: Student t, 3 df (heavy tails)
+    2: lognormal(0, 1) (skewed, heavy)   3: ReLU(N(0.1, 1)) (about half exact zeros)
+    4: constant 0.1 (zero variance)      5: all zeros (a dead ReLU channel)
+    """
+    size = (n, *spatial)
+    chans = [
+        1e4 + rng.standard_normal(size),
+        rng.standard_t(3, size=size),
+        rng.lognormal(0.0, 1.0, size=size),
+        np.maximum(rng.normal(0.1, 1.0, size=size), 0.0),
+        np.full(size, 0.1),
+        np.zeros(size),
+    ]
+    return np.stack(chans, axis=1)
+
+
+def per_channel(x: np.ndarray, channel_dim: int = 1) -> np.ndarray:
+    """[..., C] x values -> [C, M] (groups not supported here)."""
+    return np.moveaxis(x, channel_dim, 0).reshape(x.shape[channel_dim], -1)
+
+
+def reference(values: np.ndarray) -> dict[str, float]:
+    """scipy/numpy statistics of one 1-D float64 sample; NaN skew/exkurt when it is constant."""
+    constant = bool(np.all(values == values[0]))
+    return {
+        "count": float(values.size),
+        "mean": float(np.mean(values)),
+        "var": float(np.var(values)),
+        "skew": math.nan if constant else float(scipy.stats.skew(values, bias=True)),
+        "exkurt": math.nan if constant else float(scipy.stats.kurtosis(values, fisher=True, bias=True)),
+        "frac_zero": float(np.mean(values == 0)),
+    }
+
+
+def assert_matches(res: dict[str, torch.Tensor], ref: dict[str, float], rtol: float, where: str = "") -> None:
+    """Relative error <= rtol, with an absolute floor on a natural scale for each statistic.
+
+    A relative error is undefined at zero, so: mean within rtol * (|mean| + sd); var within
+    rtol * (var + mean^2) (cancellation at a large offset); skew and exkurt are dimensionless and
+    compared with atol = rtol; frac_zero and count exactly.
+    """
+    got = {k: float(res[k]) for k in STAT_NAMES}
+    sd = math.sqrt(ref["var"])
+    assert got["count"] == ref["count"], where
+    assert got["frac_zero"] == ref["frac_zero"], where
+    assert abs(got["mean"] - ref["mean"]) <= rtol * (abs(ref["mean"]) + sd), (where, got, ref)
+    assert abs(got["var"] - ref["var"]) <= rtol * (ref["var"] + ref["mean"] ** 2), (where, got, ref)
+    for k in ("skew", "exkurt"):
+        if math.isnan(ref[k]):
+            assert math.isnan(got[k]), (where, k, got, ref)
+        else:
+            assert abs(got[k] - ref[k]) <= rtol * (abs(ref[k]) + 1.0), (where, k, got, ref)
+
+
+def assert_result_matches(result: MomentResult, x64: np.ndarray, rtol: float) -> None:
+    cols = per_channel(x64)
+    for c in range(cols.shape[0]):
+        assert_matches({k: result[k][c] for k in STAT_NAMES}, reference(cols[c]), rtol, f"channel {c}")
+
+
+def stream(x: torch.Tensor, cuts: list[int], acc: MomentAccumulator | None = None) -> MomentAccumulator:
+    acc = MomentAccumulator() if acc is None else acc
+    bounds = [0, *cuts, x.shape[0]]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        acc.update(x[lo:hi])
+    return acc
+
+
+UNEVEN_CUTS = [1, 3, 3, 10, 41, 90]  # includes an empty chunk (3:3) and a single-row chunk
+
+
+# --------------------------------------------------------------------------- exactness against scipy
+@pytest.mark.parametrize("layout", list(SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_streaming_uneven_chunks_matches_scipy(layout, dtype):
+    rng = np.random.default_rng(20240601)
+    data = make_data(rng, N_BATCH, SHAPES[layout])
+    x = torch.from_numpy(data).to(dtype)
+    x64 = x.double().numpy()  # the values the accumulator actually saw
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a constant channel must not warn
+        res = stream(x, UNEVEN_CUTS).result()
+    assert res.count.dtype == torch.float64 and res.count.shape == (6,)
+    assert_result_matches(res, x64, rtol=1e-10)
+    for c in CONSTANT_CHANNELS:
+        assert math.isnan(res.skew[c]) and math.isnan(res.exkurt[c])
+        assert res.var[c] <= 1e-30
+    if dtype == torch.float32:  # the task's looser bound, against the unrounded float64 data
+        cols = per_channel(data)
+        for c in (1, 2, 3):  # offset channel: float32 quantisation (ulp 1e-3 at 1e4) is the data's, not ours
+            ref = reference(cols[c])
+            for k in ("mean", "var", "skew", "exkurt"):
+                assert abs(float(res[k][c]) - ref[k]) <= 1e-4 * abs(ref[k]), (c, k)
+
+
+@pytest.mark.parametrize("layout", list(SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_merge_of_disjoint_halves_matches_scipy(layout, dtype):
+    rng = np.random.default_rng(7)
+    data = make_data(rng, N_BATCH, SHAPES[layout])
+    x = torch.from_numpy(data).to(dtype)
+    a = stream(x[:37], [5, 20])
+    b = stream(x[37:], [1])
+    ab = MomentAccumulator().merge(a).merge(b)
+    ba = MomentAccumulator().merge(b).merge(a)
+    assert_result_matches(ab.result(), x.double().numpy(), rtol=1e-10)
+    r_ab, r_ba = ab.result(), ba.result()
+    for k in STAT_NAMES:  # order invariance up to rounding
+        torch.testing.assert_close(r_ab[k], r_ba[k], rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_inputs_are_accumulated_in_float64(dtype):
+    rng = np.random.default_rng(11)
+    data = make_data(rng, N_BATCH, (5,))
+    x = torch.from_numpy(data).to(dtype)
+    res = stream(x, [17, 50]).result()
+    assert res.mean.dtype == torch.float64
+    assert_result_matches(res, x.double().numpy(), rtol=1e-10)
+
+
+def test_pooled_matches_scipy_on_all_channels_flattened():
+    rng = np.random.default_rng(3)
+    data = make_data(rng, N_BATCH, (3, 4))
+    data[:, 0] -= 1e4  # keep the pooled distribution interesting rather than dominated by one channel
+    x = torch.from_numpy(data)
+    acc = stream(x, [10, 11, 60])
+    ref = reference(data.ravel())
+    pooled = acc.pooled()
+    assert pooled.mean.dim() == 0
+    assert_matches(pooled, ref, rtol=1e-10)
+    assert_matches(acc.result().pooled, ref, rtol=1e-10)
+    # with the large offset kept, too
+    data2 = make_data(rng, N_BATCH, ())
+    assert_matches(stream(torch.from_numpy(data2), [7]).pooled(), reference(data2.ravel()), rtol=1e-10)
+
+
+def test_single_element():
+    acc = MomentAccumulator().update(torch.tensor([[2.5]]))
+    res = acc.result()
+    assert res.count.tolist() == [1.0] and res.mean.tolist() == [2.5] and res.var.tolist() == [0.0]
+    assert math.isnan(res.skew[0]) and math.isnan(res.exkurt[0])
+    assert res.frac_zero.tolist() == [0.0]
+    zero = MomentAccumulator().update(torch.zeros(1, 1, dtype=torch.float16)).result()
+    assert zero.frac_zero.tolist() == [1.0]
+
+
+def test_frac_zero_counts_signed_zero_and_not_nan():
+    x = torch.tensor([[0.0], [-0.0], [1.0], [math.nan]])
+    res = MomentAccumulator().update(x).result()
+    assert res.frac_zero.tolist() == [0.5]
+    assert math.isnan(res.mean[0])  # divergence shows as NaN, not an exception
+
+
+# --------------------------------------------------------------------------- empty, merge, state
+def test_empty_accumulator_result_is_count_zero_and_nan():
+    acc = MomentAccumulator()
+    for res in (acc.result(), acc.pooled(), acc.result().pooled):
+        assert float(res.count) == 0.0
+        for k in ("mean", "var", "skew", "exkurt", "frac_zero"):
+            assert math.isnan(res[k])
+    acc.update(torch.ones(0, 4))  # an empty batch fixes the shape but adds nothing
+    res = acc.result()
+    assert res.count.tolist() == [0.0] * 4 and torch.isnan(res.mean).all()
+
+
+def test_empty_merges_are_identities():
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(make_data(rng, 20, (2,)))
+    full = MomentAccumulator().update(x)
+    expected = full.result()
+    for acc in (
+        MomentAccumulator().merge(full),
+        MomentAccumulator().update(x).merge(MomentAccumulator()),
+        MomentAccumulator().update(x).merge(MomentAccumulator().update(x[:0])),
+        MomentAccumulator().update(x[:0]).merge(full),
+    ):
+        res = acc.result()
+        for k in STAT_NAMES:
+            torch.testing.assert_close(res[k], expected[k], rtol=0, atol=0, equal_nan=True)
+    both = MomentAccumulator().merge(MomentAccumulator())
+    assert both.shape is None and float(both.result().count) == 0.0
+    assert (
+        float(MomentAccumulator().update(x[:0]).merge(MomentAccumulator().update(x[:0])).pooled().count) == 0
+    )
+
+
+def test_merge_leaves_other_unchanged_and_reset_state_dict_roundtrip():
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy(make_data(rng, 30, ()))
+    a, b = MomentAccumulator().update(x[:10]), MomentAccumulator().update(x[10:])
+    before = b.state_dict()
+    a.merge(b)
+    after = b.state_dict()
+    for k in ("n", "mean", "m2", "m3", "m4", "zeros"):
+        assert torch.equal(before[k], after[k])
+    clone = MomentAccumulator.from_state_dict(a.state_dict())
+    torch.testing.assert_close(clone.result().exkurt, a.result().exkurt, equal_nan=True)
+    a.reset()
+    assert a.shape == (6,) and a.result().count.tolist() == [0.0] * 6
+    assert_result_matches(a.update(x).result(), x.numpy(), rtol=1e-10)
+
+
+def test_update_does_not_modify_its_input():
+    x = torch.randn(8, 1, 5, dtype=torch.float64)  # movedim result is contiguous: copy must be forced
+    x0 = x.clone()
+    MomentAccumulator().update(x)
+    assert torch.equal(x, x0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(0, 50), max_size=6).map(sorted), seed=st.integers(0, 2**32 - 1))
+def test_any_chunking_gives_the_same_moments(cuts, seed):
+    rng = np.random.default_rng(seed)
+    data = rng.standard_t(4, size=(50, 3, 2)) * rng.uniform(0.1, 10) + rng.uniform(-100, 100)
+    x = torch.from_numpy(data)
+    whole = MomentAccumulator().update(x).result()
+    chunked = stream(x, cuts).result()
+    for k in STAT_NAMES:
+        torch.testing.assert_close(chunked[k], whole[k], rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- grouped layout
+def test_grouped_layout_equals_separate_accumulators():
+    rng = np.random.default_rng(13)
+    g = 3
+    data = np.stack([make_data(rng, 40, (2, 2)) for _ in range(g)])  # [G, N, C, H, W]
+    x = torch.from_numpy(data).float()
+    grouped = MomentAccumulator(channel_dim=2)
+    for lo, hi in ((0, 7), (7, 8), (8, 40)):
+        grouped.update(x[:, lo:hi])
+    res, pooled = grouped.result(), grouped.pooled()
+    assert res.mean.shape == (g, 6) and pooled.mean.shape == (g,)
+    sep = [stream(x[i], [7, 8]) for i in range(g)]
+    for i in range(g):
+        r_i, p_i = sep[i].result(), sep[i].pooled()
+        for k in STAT_NAMES:
+            torch.testing.assert_close(res[k][i], r_i[k], rtol=1e-12, atol=1e-12, equal_nan=True)
+            torch.testing.assert_close(pooled[k][i], p_i[k], rtol=1e-12, atol=1e-12, equal_nan=True)
+        assert_result_matches(
+            MomentResult(**{k: res[k][i] for k in STAT_NAMES}), x[i].double().numpy(), 1e-10
+        )
+    summ = summarize(grouped)
+    assert set(summ) == set(SUMMARY_KEYS)
+    for i in range(g):
+        s_i = summarize(sep[i])
+        for k in SUMMARY_KEYS:
+            assert summ[k][i] == pytest.approx(s_i[k], rel=1e-12, nan_ok=True), k
+    # merging grouped accumulators works the same way
+    half = (
+        MomentAccumulator(channel_dim=2)
+        .update(x[:, :20])
+        .merge(MomentAccumulator(channel_dim=2).update(x[:, 20:]))
+    )
+    torch.testing.assert_close(half.result().exkurt, res.exkurt, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- summaries
+def test_summarize_keys_nanmean_and_pooled():
+    rng = np.random.default_rng(17)
+    data = make_data(rng, N_BATCH, (5,))
+    acc = stream(torch.from_numpy(data), [30])
+    summ = summarize(acc)
+    assert list(summ) == list(SUMMARY_KEYS)
+    assert all(
+        type(v) is float for k, v in summ.items() if k not in ("count", "n_channels", "n_nan_channels")
+    )
+    assert summ["count"] == N_BATCH * 5 and summ["n_channels"] == 6
+    assert summ["n_nan_channels"] == len(CONSTANT_CHANNELS)
+    refs = [reference(col) for col in per_channel(data)]
+    for k in ("mean", "var", "skew", "exkurt", "frac_zero"):
+        expected = float(np.nanmean([r[k] for r in refs]))
+        assert summ[k] == pytest.approx(expected, rel=1e-10, abs=1e-10), k
+    pooled_ref = reference(data.ravel())
+    for k in ("mean", "var", "skew", "exkurt", "frac_zero"):
+        assert summ["pooled_" + k] == pytest.approx(pooled_ref[k], rel=1e-10), k
+    assert summarize(acc.result()) == summ  # a result (with .pooled) summarizes the same
+    with pytest.raises(ValueError, match="pooled"):
+        summarize(acc.pooled())
+
+
+def test_summarize_empty():
+    summ = summarize(MomentAccumulator())
+    assert summ["count"] == 0 and summ["n_channels"] == 0 and summ["n_nan_channels"] == 0
+    assert math.isnan(summ["mean"]) and math.isnan(summ["pooled_exkurt"])
+
+
+def test_summarize_many_one_host_transfer(monkeypatch):
+    rng = np.random.default_rng(19)
+    accs = [stream(torch.from_numpy(make_data(rng, 20 + i, (i + 1,))), [3]) for i in range(12)]
+    accs.append(MomentAccumulator(channel_dim=2).update(torch.randn(2, 4, 3)))
+    accs.append(MomentAccumulator())
+    expected = [summarize(a) for a in accs]
+    calls = []
+    real_cpu = torch.Tensor.cpu
+
+    def counting_cpu(self, *args, **kwargs):
+        calls.append(tuple(self.shape))
+        return real_cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    got = summarize_many(accs)
+    assert len(calls) == 1  # one transfer for all sites (all on one device here)
+    assert len(got) == len(accs)
+    for g_, e in zip(got, expected, strict=True):
+        assert g_.keys() == e.keys()
+        for k in SUMMARY_KEYS:
+            assert g_[k] == pytest.approx(e[k], nan_ok=True), k
+
+
+# --------------------------------------------------------------------------- no host sync
+def _forbid(name):
+    def raiser(self, *args, **kwargs):
+        raise AssertionError(f"host sync: Tensor.{name} called inside update/merge")
+
+    return raiser
+
+
+def test_update_and_merge_make_no_host_sync(monkeypatch):
+    x = torch.randn(16, 4, 3, 3)
+    a = MomentAccumulator().update(x)  # the first update allocates; test it too below
+    b = MomentAccumulator()
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, _forbid(name))
+    b.update(x)
+    b.update(x.bfloat16())
+    a.merge(b)
+    b.merge(a)
+    MomentAccumulator().merge(a)
+    MomentAccumulator(channel_dim=2).update(torch.randn(2, 5, 4, 3)).update(torch.randn(2, 1, 4, 3))
+    monkeypatch.undo()
+    assert a.result().count.tolist() == [16 * 9 * 3] * 4  # a: one update, then b's two
+    assert b.result().count.tolist() == [16 * 9 * 5] * 4  # b: two updates, then a's three
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_update_and_merge_make_no_cuda_sync():
+    dev = torch.device("cuda")
+    x = torch.randn(32, 8, 5, device=dev)
+    a = MomentAccumulator().update(x)  # allocation happens outside sync-debug mode
+    b = MomentAccumulator().update(x)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            a.update(x)
+            a.update(x.half())
+        a.merge(b)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = stream(x.cpu(), []).result()
+    torch.testing.assert_close(a.result().mean.cpu(), ref.mean, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- validation
+def test_validation_errors_name_the_argument():
+    with pytest.raises(ValueError, match="channel_dim"):
+        MomentAccumulator(channel_dim=0)
+    with pytest.raises(TypeError, match="channel_dim"):
+        MomentAccumulator(channel_dim=1.0)
+    acc = MomentAccumulator()
+    with pytest.raises(TypeError, match="floating"):
+        acc.update(torch.ones(3, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        acc.update(torch.ones(3))
+    acc.update(torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        acc.update(torch.ones(3, 5))
+    with pytest.raises(ValueError, match="channel_dim"):
+        acc.merge(MomentAccumulator(channel_dim=2).update(torch.ones(1, 3, 2)))
+    with pytest.raises(KeyError, match="valid keys"):
+        acc.result()["kurtosis"]
