@@ -60,48 +60,62 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 class SiteRecorder:
-    """Collects one :class:`MomentAccumulator` per (layer, site) of a forward pass.
+    """Collects the site tensors of forward passes; :meth:`rows` turns them into moment rows.
 
-    When a block hands over the same tensor for two sites (``before``: ``norm_out`` is ``act_in``;
-    ``after``: ``act_out`` is ``norm_in``) the moments are computed once and reported for both.
+    Tensors are kept (not copied: nothing modifies activations in place) until :meth:`rows`, which
+    stacks all tensors of one shape and computes their moments in one grouped update, so the cost
+    per recorded step is a few kernel launches, not a few per site. When a block hands over the same
+    tensor for two sites (``before``: ``norm_out`` is ``act_in``; ``after``: ``act_out`` is ``norm_in``)
+    it is kept once and reported for both.
     """
 
     def __init__(self) -> None:
-        self.accs: dict[tuple[int, str], MomentAccumulator] = {}
-        self.aliases: dict[tuple[int, str], tuple[int, str]] = {}
-        self._last: tuple[torch.Tensor, tuple[int, str]] | None = None
+        self.items: list[tuple[dict[str, Any], torch.Tensor]] = []
+        self.keys: dict[str, Any] = {}
+        self._last: torch.Tensor | None = None
+
+    def start(self, **keys: Any) -> SiteRecorder:
+        """Begin a forward pass whose sites are labelled with ``keys`` (epoch, step, source)."""
+        self.keys, self._last = keys, None
+        return self
 
     def __call__(self, layer: int, site: str, x: torch.Tensor) -> None:
-        key = (layer, site)
-        if self._last is not None and self._last[0] is x:
-            self.aliases[key] = self._last[1]
+        keys = {**self.keys, "layer": layer, "site": site}
+        if self._last is not None and x is self._last:
+            self.items.append((keys, self.items[-1][1]))
             return
-        acc = self.accs.get(key)
-        if acc is None:
-            acc = self.accs[key] = MomentAccumulator()
-        acc.update(x.detach())
-        self._last = (x, key)
+        self.items.append((keys, x.detach()))
+        self._last = x
 
-    def rows(self, keys: dict[str, Any]) -> list[tuple[dict[str, Any], MomentAccumulator]]:
-        out = [({**keys, "layer": k[0], "site": k[1]}, a) for k, a in self.accs.items()]
-        out += [({**keys, "layer": k[0], "site": k[1]}, self.accs[src]) for k, src in self.aliases.items()]
-        return out
-
-
-def _moment_rows(pending: list[tuple[dict[str, Any], MomentAccumulator]], per_channel: bool
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Summaries of many accumulators with one host transfer."""
-    if not pending:
-        return [], []
-    summaries = summarize_many([acc for _, acc in pending])
-    rows = [{**keys, **s} for (keys, _), s in zip(pending, summaries, strict=True)]
-    channel_rows: list[dict[str, Any]] = []
-    if per_channel:
-        for keys, acc in pending:
-            res = {k: v.detach().cpu().numpy() for k, v in acc.result().items()}
-            for c in range(len(res["mean"])):
-                channel_rows.append({**keys, "channel": c, **{k: float(v[c]) for k, v in res.items()}})
-    return rows, channel_rows
+    def rows(self, per_channel: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Summary rows (and per-channel rows) of everything recorded, then forget it."""
+        groups: dict[tuple, list[tuple[dict[str, Any], torch.Tensor]]] = {}
+        seen: dict[int, int] = {}  # id(tensor) -> index into its group (aliases share one slot)
+        slots: list[tuple[tuple, int]] = []
+        for keys, t in self.items:
+            g = (tuple(t.shape), t.dtype, t.device)
+            if id(t) not in seen:
+                seen[id(t)] = len(groups.setdefault(g, []))
+                groups[g].append((keys, t))
+            slots.append((g, seen[id(t)]))
+        order = list(groups)
+        accs = [MomentAccumulator(channel_dim=2).update(torch.stack([t for _, t in groups[g]])) for g in order]
+        labels = [keys for keys, _ in self.items]
+        self.items = []
+        if not accs:
+            return [], []
+        summaries = dict(zip(order, summarize_many(accs), strict=True))  # one host transfer
+        rows = [{**keys, **{k: v[i] for k, v in summaries[g].items()}}
+                for keys, (g, i) in zip(labels, slots, strict=True)]
+        channel_rows: list[dict[str, Any]] = []
+        if per_channel:
+            results = {g: {k: v.cpu().numpy() for k, v in acc.result().items()}
+                       for g, acc in zip(order, accs, strict=True)}
+            for keys, (g, i) in zip(labels, slots, strict=True):
+                res = results[g]
+                channel_rows += [{**keys, "channel": c, **{k: float(v[i, c]) for k, v in res.items()}}
+                                 for c in range(res["mean"].shape[-1])]
+        return rows, channel_rows
 
 
 @torch.no_grad()
@@ -168,12 +182,15 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
     moments_channel: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
 
+    rec = SiteRecorder()
+
     def probe(epoch: int, step: int) -> None:
-        rec = SiteRecorder()
         model.eval()
-        with torch.no_grad(), models.record(model, rec):
+        with torch.no_grad(), models.record(model, rec.start(epoch=epoch, step=step, source="probe")):
             model(probe_x)
-        rows, ch = _moment_rows(rec.rows({"epoch": epoch, "step": step, "source": "probe"}), mc.per_channel)
+
+    def flush_moments() -> None:
+        rows, ch = rec.rows(mc.per_channel)
         moments.extend(rows)
         moments_channel.extend(ch)
 
@@ -193,16 +210,13 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        pending: list[tuple[dict[str, Any], MomentAccumulator]] = []
         for i in range(steps_per_epoch):
             xb, yb = dd.x_train[batches[i]], dd.y_train[batches[i]]
             if run.data.augment and dd.is_image:
                 xb = data.augment(xb, aug_gen, padding=run.data.crop_padding, flip=run.data.flip)
             if mc.enabled and mc.every and step % mc.every == 0:
-                rec = SiteRecorder()
-                with models.record(model, rec):
+                with models.record(model, rec.start(epoch=epoch, step=step, source="train")):
                     out = model(xb)
-                pending += rec.rows({"epoch": epoch, "step": step, "source": "train"})
             else:
                 out = model(xb)
             loss = F.cross_entropy(out.float(), yb, label_smoothing=tc.label_smoothing)
@@ -219,9 +233,8 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
 
         # --- once per epoch: evaluate, probe, then the single host read of the epoch ---------
         t_loss, t_acc = evaluate(model, dd.x_test, dd.y_test, tc.eval_batch_size)
-        rows, ch = _moment_rows(pending, mc.per_channel)
-        moments.extend(rows)
-        moments_channel.extend(ch)
+        if mc.enabled:
+            flush_moments()  # this epoch's training-batch moments and the probe before it
         bad = int(first_bad)
         train_loss = float(loss_sum) / steps_per_epoch
         train_acc = float(correct) / (steps_per_epoch * tc.batch_size)
@@ -239,6 +252,8 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
             break
         if mc.enabled:
             probe(epoch, step)
+    if mc.enabled:
+        flush_moments()
 
     run_id = run.run_id
     row = {
