@@ -46,6 +46,23 @@ def sweep(session: nox.Session) -> None:
     """Train a sweep (arguments go to `bnstats sweep`), then render its report."""
     install(session)
     session.run("bnstats", "sweep", *session.posargs)
+    out = session.run("python", "-c", SWEEP_OUT, *session.posargs, silent=True).strip().splitlines()[-1]
+    session.run("bnstats", "report", out)
+
+
+# The directory `bnstats sweep ARGS` writes to: its --out, else data/sweeps/<config name>.
+SWEEP_OUT = (
+    "import sys; from pathlib import Path; from bnstats import cli, config; "
+    "a = cli.build_parser().parse_args(['sweep', *sys.argv[1:]]); "
+    "print(a.out or Path('data/sweeps') / config.load(a.config, overrides=a.set, seeds=a.seeds).name)"
+)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Render a sweep's report: HTML, PDF, tables, figures (arguments go to `bnstats report`)."""
+    install(session)
+    session.run("bnstats", "report", *session.posargs)
 
 
 @nox.session
@@ -60,6 +77,13 @@ def slow(session: nox.Session) -> None:
     """Coverage and type-I error simulations, the default sweep end to end."""
     install(session, "test")
     session.run("pytest", "-m", "slow", "-s", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput: bnstats engine vs a per-seed DataLoader loop (args go to `python -m bnstats.bench`)."""
+    install(session)
+    session.run("python", "-m", "bnstats.bench", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session

@@ -170,7 +170,7 @@ class LauncherConfig:
     partition: str = ""          # Slurm partition ("" = cluster default)
     time_min: int = 60           # Slurm time limit per task, minutes
     gpus_per_task: int = 0
-    cpus_per_task: int = 1
+    cpus_per_task: int = 1       # Slurm CPUs per task, and the torch threads each task uses
     mem_gb: float = 4.0
     array_parallelism: int = 64  # Slurm array tasks running at once
     cluster: str = ""            # submitit cluster: "" = auto (Slurm if present), "local", "debug", "slurm"

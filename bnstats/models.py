@@ -8,6 +8,12 @@ A linear or conv op that a norm directly follows has no bias (the norm's shift r
 Each block exposes the sites ``norm_in``, ``norm_out``, ``act_in``, ``act_out`` to a recorder
 (see :func:`record`); an arm reports the sites it has.
 
+Architectures (``model.arch``): ``mlp``, ``cnn`` (1-D on sequences, 2-D on images), ``vgg`` (3 stages
+of 3×3 conv blocks, max-pool between stages) and ``resnet`` (CIFAR ResNet with post- or
+pre-activation blocks, ``model.resnet_order``). Every norm/activation pair of every architecture is
+a :class:`Block`, so sites and ``placement`` mean the same everywhere; block indices increase in
+forward order.
+
 Initialisation is by parameter *name*: each parameter draws from its own generator derived from
 (seed, name), so every arm of a seed starts from identical weights wherever names and shapes agree,
 whatever other parameters an arm has.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 
@@ -30,8 +37,8 @@ Recorder = Callable[[int, str, torch.Tensor], None]
 ARCH_DEFAULTS = {  # (width, depth) when the config says 0
     "mlp": (100, 2),     # the MNIST-1D paper's MLP: 2 hidden layers of 100
     "cnn": (32, 3),      # 3 conv blocks (MNIST-1D paper: 25 channels, kernel 5, stride 2)
-    "vgg": (32, 4),
-    "resnet": (16, 3),
+    "vgg": (32, 2),      # 3 stages of 2 conv blocks, 32/64/128 channels
+    "resnet": (16, 3),   # ResNet-20 (He et al. 2015, §4.2): 3 stages of 3 basic blocks, 16/32/64 channels
 }
 
 
@@ -75,17 +82,32 @@ class SeededDropout(nn.Module):
 class Block(nn.Module):
     """One op with its norm and activation in the order given by ``placement``.
 
-    ``pool`` (optional) is applied right after the op when ``pool_first`` (i.e. before the norm),
-    otherwise at the end of the block.
+    The norm/activation *pair* (:meth:`pair`) is ``norm → act`` (``before``), ``act → norm``
+    (``after``) or ``act`` (``none``), and reports the sites ``norm_in``, ``norm_out``, ``act_in``,
+    ``act_out`` around its ops. Every norm and activation of every model goes through a block, so
+    ``placement`` means the same thing everywhere.
+
+    ``op_first=True`` (default): op → [pool] → pair → [pool] → [dropout]. ``pool`` (optional) is
+    applied right after the op when ``pool_first`` (i.e. before the norm), otherwise at the end.
+    ``op_first=False`` (pre-activation, He et al. 2016): pair → [dropout] → op (``op=None``: no op).
+
+    ``forward(x, residual)`` adds ``residual`` inside the pair, immediately before the activation, so
+    the activation sees the sum in every placement: ``before`` op → norm → +residual → act (He et al.
+    2015), ``after`` op → +residual → act → norm, ``none`` op → +residual → act.
     """
 
-    def __init__(self, op: nn.Module, norm: nn.Module | None, act: nn.Module, placement: str, index: int,
-                 *, pool: nn.Module | None = None, pool_first: bool = False, dropout: float = 0.0):
+    def __init__(self, op: nn.Module | None, norm: nn.Module | None, act: nn.Module, placement: str,
+                 index: int, *, pool: nn.Module | None = None, pool_first: bool = False,
+                 dropout: float = 0.0, op_first: bool = True):
         super().__init__()
-        self.op, self.act, self.placement, self.index = op, act, placement, index
+        self.op = op if op is not None else nn.Identity()
+        self.act, self.placement, self.index = act, placement, index
         self.norm = norm if placement != "none" else None
+        if placement != "none" and norm is None:
+            raise ValueError(f"Block: placement {placement!r} needs a norm")
         self.pool = pool
         self.pool_first = pool_first
+        self.op_first = op_first
         self.dropout = SeededDropout(dropout) if dropout > 0 else None
         self.recorder: Recorder | None = None
 
@@ -94,25 +116,90 @@ class Block(nn.Module):
             self.recorder(self.index, site, x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.op(x)
-        if self.pool is not None and self.pool_first:
-            x = self.pool(x)
+    def pair(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Norm and activation in ``placement`` order; ``residual`` joins right before the activation."""
         if self.placement == "before":
             x = self.norm(self._site("norm_in", x))
             x = self._site("norm_out", x)
+            if residual is not None:
+                x = x + residual
             x = self._site("act_out", self.act(self._site("act_in", x)))
         elif self.placement == "after":
+            if residual is not None:
+                x = x + residual
             x = self._site("act_out", self.act(self._site("act_in", x)))
             x = self._site("norm_in", x)
             x = self._site("norm_out", self.norm(x))
         else:
+            if residual is not None:
+                x = x + residual
             x = self._site("act_out", self.act(self._site("act_in", x)))
+        return x
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.op_first:
+            if residual is not None:
+                raise ValueError("Block: a pre-activation block (op_first=False) takes no residual")
+            x = self.pair(x)
+            if self.dropout is not None:
+                x = self.dropout(x)
+            return self.op(x)
+        x = self.op(x)
+        if self.pool is not None and self.pool_first:
+            x = self.pool(x)
+        x = self.pair(x, residual)
         if self.pool is not None and not self.pool_first:
             x = self.pool(x)
         if self.dropout is not None:
             x = self.dropout(x)
         return x
+
+
+class Stem(nn.Module):
+    """A bare op (the first conv of a pre-activation ResNet), named ``op`` like a block's."""
+
+    def __init__(self, op: nn.Module):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class ResBlock(nn.Module):
+    """A basic residual block: two 3×3 convs, each in a :class:`Block`, and a shortcut.
+
+    ``order="post"`` (He et al. 2015): ``block1`` = conv1 → pair, ``block2`` = conv2 → pair with the
+    shortcut added right before the activation (see :class:`Block`)::
+
+        before: conv-norm-act, conv-norm, add, act      (He et al. 2015; projections: their option B)
+        after:  conv-act-norm, conv, add, act-norm
+        none:   conv-act,      conv, add, act
+
+    ``order="pre"`` (He et al. 2016, full pre-activation): ``block`` = pair → conv, twice, then add::
+
+        before: norm-act-conv, norm-act-conv, add       (He et al. 2016 exactly)
+        after:  act-norm-conv, act-norm-conv, add
+        none:   act-conv,      act-conv,      add
+
+    ``shortcut``: ``None`` (identity) or a 1×1 conv where the shape changes. In ``post`` it reads the
+    block's input and is followed by a norm unless the placement is ``none``; in ``pre`` it reads the
+    output of the first pair (as He et al.'s code does) and has no norm.
+    """
+
+    def __init__(self, block1: Block, block2: Block, shortcut: nn.Module | None, order: str):
+        super().__init__()
+        if order not in ("post", "pre"):
+            raise ValueError(f"model.resnet_order: expected 'post' or 'pre', got {order!r}")
+        self.block1, self.block2, self.shortcut, self.order = block1, block2, shortcut, order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.order == "post":
+            s = x if self.shortcut is None else self.shortcut(x)
+            return self.block2(self.block1(x), s)
+        h = self.block1.pair(x)
+        s = x if self.shortcut is None else self.shortcut(h)
+        return self.block2(self.block1.op(h)) + s
 
 
 def block_sites(placement: str) -> tuple[str, ...]:
@@ -188,7 +275,99 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, width
     return Net(nn.Sequential(*layers), nn.Linear(features, num_classes), head_dropout=head_dropout)
 
 
-BUILDERS: dict[str, Callable[..., Net]] = {"mlp": _mlp, "cnn": _cnn}
+def _need_image(arch: str, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 3:
+        raise ValueError(f"model.arch: {arch!r} needs images [C, H, W], got inputs of shape {input_shape}; "
+                         f"use 'mlp' or 'cnn' for sequences")
+
+
+def _vgg(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, width: int, depth: int) -> Net:
+    """VGG-style (Simonyan & Zisserman 2015): 3 stages of ``depth`` 3×3 conv blocks, ``width``·(1, 2, 4)
+    channels, 2×2 max-pool in the last block of stages 1 and 2, global average pool, linear head.
+    """
+    _need_image("vgg", input_shape)
+    has_norm = cfg.placement != "none"
+    block_dropout = cfg.dropout if cfg.dropout_position == "block" else 0.0
+    layers: list[nn.Module] = []
+    cin, size = input_shape[0], min(input_shape[1:])
+    for stage in range(3):
+        cout = width * 2 ** stage
+        for j in range(depth):
+            pool = None
+            if j == depth - 1 and stage < 2:
+                if size < 2:
+                    raise ValueError(f"model.arch: 'vgg' pools twice; input {input_shape} is too small")
+                pool, size = nn.MaxPool2d(2), size // 2
+            layers.append(Block(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=cfg.placement != "before"),
+                make_norm(cfg.norm, cout, spatial_dims=2, affine=cfg.affine) if has_norm else None,
+                make_activation(cfg.activation), cfg.placement, len(layers),
+                pool=pool, pool_first=cfg.pool == "before_norm", dropout=block_dropout))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    head_dropout = cfg.dropout if cfg.dropout_position == "head" else 0.0
+    return Net(nn.Sequential(*layers), nn.Linear(cin, num_classes), head_dropout=head_dropout)
+
+
+def _resnet(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, width: int, depth: int
+            ) -> Net:
+    """CIFAR ResNet (He et al. 2015, §4.2; depth 3 = ResNet-20): a 3×3 stem conv, 3 stages of ``depth``
+    basic blocks (:class:`ResBlock`, ``cfg.resnet_order`` post or pre) with ``width``·(1, 2, 4) channels,
+    stride 2 at the start of stages 2 and 3, a 1×1 projection shortcut where the shape changes,
+    global average pool, linear head. ``post``: the stem is conv → pair; ``pre``: the stem is a bare
+    conv and a last pair (He et al. 2016's final norm-act) precedes the pool.
+
+    Biases: an op has one unless its output reaches a norm before any activation (``before``: none of
+    the convs; ``after``: all but the post shortcut, which a norm follows; ``none``: all).
+    Block dropout (``dropout_position = "block"``) sits between the two convs of each residual block,
+    as in wide ResNets (Zagoruyko & Komodakis 2016).
+    """
+    _need_image("resnet", input_shape)
+    pre = cfg.resnet_order == "pre"
+    has_norm = cfg.placement != "none"
+    bias = cfg.placement != "before"
+    block_dropout = cfg.dropout if cfg.dropout_position == "block" else 0.0
+    index = itertools.count()  # block indices in forward order
+
+    def block(op: nn.Module | None, channels: int, dropout: float = 0.0) -> Block:
+        norm = make_norm(cfg.norm, channels, spatial_dims=2, affine=cfg.affine) if has_norm else None
+        return Block(op, norm, make_activation(cfg.activation), cfg.placement, next(index),
+                     dropout=dropout, op_first=not pre)
+
+    def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+
+    cin = input_shape[0]
+    layers: list[nn.Module] = [Stem(conv(cin, width)) if pre else block(conv(cin, width), width)]
+    cin = width
+    for stage in range(3):
+        cout = width * 2 ** stage
+        for j in range(depth):
+            stride = 2 if stage > 0 and j == 0 else 1
+            if pre:  # each pair normalises the block's input channels
+                b1 = block(conv(cin, cout, stride), cin)
+                b2 = block(conv(cout, cout), cout, block_dropout)
+            else:
+                b1 = block(conv(cin, cout, stride), cout, block_dropout)
+                b2 = block(conv(cout, cout), cout)
+            shortcut = None
+            if stride != 1 or cin != cout:
+                if pre:
+                    shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=bias))
+                else:
+                    shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=not has_norm))
+                    if has_norm:
+                        shortcut.append(make_norm(cfg.norm, cout, spatial_dims=2, affine=cfg.affine))
+            layers.append(ResBlock(b1, b2, shortcut, cfg.resnet_order))
+            cin = cout
+    if pre:
+        layers.append(block(None, cin))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    head_dropout = cfg.dropout if cfg.dropout_position == "head" else 0.0
+    return Net(nn.Sequential(*layers), nn.Linear(cin, num_classes), head_dropout=head_dropout)
+
+
+BUILDERS: dict[str, Callable[..., Net]] = {"mlp": _mlp, "cnn": _cnn, "vgg": _vgg, "resnet": _resnet}
 
 
 def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> Net:
@@ -206,7 +385,9 @@ def _is_norm(module: nn.Module) -> bool:
 def shared_parameter_names(model: nn.Module) -> list[str]:
     """Parameters that every placement has with the same name and shape: the ops' weights and the head.
 
-    Excluded: norm parameters (absent in ``none``) and biases of ops (absent where a norm follows).
+    The ops are the linear and conv layers of the blocks, a pre-activation ResNet's stem and the
+    ResNets' 1×1 shortcut convs (``...shortcut.0.weight``). Excluded: norm parameters (absent in
+    ``none``; this includes a post ResNet's shortcut norm) and biases of ops (absent where a norm follows).
     """
     norm_prefixes = {name + "." for name, m in model.named_modules() if _is_norm(m)}
     return [n for n, _ in model.named_parameters()

@@ -1,8 +1,18 @@
-"""``bnstats status DIR``: runs done, running, failed and missing, per cell."""
+"""``bnstats status DIR``: runs done, running, failed and missing, per cell.
+
+``done``: stored; ``running``: claimed by a live process (on another host: heartbeat younger than
+``store.STALE_CLAIM_S``); ``failed``: raised on its last attempt (error and traceback in
+``DIR/failed/<run_id>.json``), retried by the next launch; ``missing``: none of these (not launched yet,
+or its worker died). Reads only: works on a sweep being trained, and on a read-only copy.
+"""
 
 from __future__ import annotations
 
+import socket
+import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -21,9 +31,9 @@ def status_frame(path: str | Path, *, config_path: str | None = None) -> tuple[p
         sweep = config_mod.load(config_path)
     else:
         sweep = config_mod.from_dict(meta["config"])
+    running = store.active_claims()  # before done_ids: a run finishing meanwhile counts as done
     done = store.done_ids()
-    running = store.active_claims()
-    failed = store.failures()
+    failed = {rid: info for rid, info in store.failures().items() if rid not in running}
     rows = []
     for run in sweep.runs():
         rid = run.run_id
@@ -43,14 +53,56 @@ def status_frame(path: str | Path, *, config_path: str | None = None) -> tuple[p
     return counts.reset_index() if factors else counts.reset_index(drop=True), failed
 
 
-def status_table(path: str | Path, *, config_path: str | None = None) -> str:
+def status_dict(path: str | Path, *, config_path: str | None = None) -> dict[str, Any]:
+    """Everything ``bnstats status`` shows, as plain JSON-able data (``bnstats status --json``).
+
+    Keys: ``dir``, ``total`` (counts), ``cells`` (one dict per cell: factors and counts), ``failed``
+    (``run_id``, ``seed``, ``factors``, ``error``, ``traceback``, ``host``, ``time``, ``file``) and
+    ``running`` (``run_id``, ``host``, ``pid``, ``heartbeat_age_s``).
+    """
     counts, failed = status_frame(path, config_path=config_path)
-    total = counts[["done", "running", "failed", "missing"]].sum()
-    lines = [f"{path}: {int(total.sum())} runs: " + ", ".join(f"{int(total[c])} {c}" for c in total.index),
-             "", counts.to_string(index=False)]
-    if failed:
-        lines += ["", f"failed runs ({len(failed)}), retried on the next launch:"]
-        for rid, info in sorted(failed.items()):
-            lines.append(f"  {rid} seed={info.get('seed')} {info.get('factors')}: {info.get('error')}")
+    store = Store(path)
+    now = time.time()
+    running = []
+    for rid, info in sorted(store.active_claims().items()):
+        try:
+            age = now - (store.claims / f"{rid}.json").stat().st_mtime
+        except FileNotFoundError:
+            continue
+        running.append({"run_id": rid, "host": info.get("host"), "pid": info.get("pid"),
+                        "heartbeat_age_s": round(age, 1)})
+    total = {c: int(counts[c].sum()) for c in _STATES}
+    cells = [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+             for row in counts.to_dict(orient="records")]
+    failures = [{"run_id": rid, "seed": info.get("seed"), "factors": info.get("factors"),
+                 "error": info.get("error"), "traceback": info.get("traceback"), "host": info.get("host"),
+                 "time": info.get("time"), "file": str(store.failed / f"{rid}.json")}
+                for rid, info in sorted(failed.items())]
+    return {"dir": str(path), "total": total, "cells": cells, "failed": failures, "running": running}
+
+
+_STATES = ("done", "running", "failed", "missing")
+
+
+def status_table(path: str | Path, *, config_path: str | None = None) -> str:
+    """The text ``bnstats status`` prints: totals, counts per cell, who runs what, failed runs."""
+    d = status_dict(path, config_path=config_path)
+    total = d["total"]
+    lines = [f"{path}: {sum(total.values())} runs: " + ", ".join(f"{total[c]} {c}" for c in _STATES),
+             "", _cells_text(d["cells"])]
+    if d["running"]:
+        here = socket.gethostname()
+        hosts = Counter(r["host"] for r in d["running"])
+        lines += ["", "running on: " + ", ".join(f"{h}{' (this host)' if h == here else ''}: {n}"
+                                                 for h, n in sorted(hosts.items()))]
+    if d["failed"]:
+        lines += ["", f"failed runs ({len(d['failed'])}), retried on the next launch "
+                      f"(tracebacks in {Path(path) / 'failed'}/):"]
+        for f in d["failed"]:
+            factors = " ".join(f"{k}={v}" for k, v in (f["factors"] or {}).items())
+            lines.append(f"  {f['run_id']} seed={f['seed']} {factors}: {f['error']}")
     return "\n".join(lines)
 
+
+def _cells_text(cells: list[dict[str, Any]]) -> str:
+    return pd.DataFrame(cells).to_string(index=False)

@@ -8,16 +8,40 @@
     DIR/tables/<table>.parquet      compacted tables (``compact()`` merges units into these)
     DIR/claims/<run_id>.json        a run being trained (host, pid; heartbeat by mtime)
     DIR/failed/<run_id>.json        a run that raised: its error and traceback (retried next launch)
-    DIR/tmp/                        units being written
+    DIR/tmp/                        units being written, and units being deleted by a compaction
+    DIR/compact.lock                the lock of compaction and of claim take-overs
 
-Writers never modify a file a reader may be reading: a unit appears whole (rename) or not at all,
-and a run is stored once (the rename of a second copy fails and is discarded). Any number of
-processes, on any number of machines sharing the filesystem, may write at once.
+Guarantees, for any number of processes on any number of machines sharing the directory (a local
+disk, NFS, Lustre, GPFS):
+
+- **Readers see only complete runs.** A unit is written under ``tmp/`` (data fsync'ed) and appears in
+  ``units/`` by one atomic rename, or not at all; a killed writer leaves only a ``tmp/`` entry, which
+  ``Store.open`` deletes once its process is gone (same host) or after ``TMP_STALE_S`` (any host).
+  Tables are replaced by rename, never rewritten in place.
+- **A run is stored once.** The rename of a second copy onto an existing unit fails and the copy is
+  dropped; a copy that lands after the first was compacted is dropped by the next compaction, and
+  readers ignore it meanwhile (compacted rows win, ``runs`` is de-duplicated on ``run_id``).
+- **Compaction is safe beside writers and readers.** Compactions are serialised by a lock. Each table
+  takes only the units it does not hold yet, the tables are replaced (``runs`` last), and only then are
+  the units moved out of ``units/`` (one rename each). A compaction killed at any point loses nothing and
+  duplicates nothing. A reader that finds a unit gone mid-read reads again (the rows are in the tables
+  by then); ``load()`` needs no lock and works on a read-only copy.
+- **Claims** (``O_CREAT|O_EXCL``) keep two live processes from training the same run: on the claim's
+  host a claim is live while its pid is; from elsewhere, while its heartbeat (mtime, every 30 s) is
+  younger than ``STALE_CLAIM_S``. Taking over a stale claim happens under the lock, so only one process
+  does. Claims save work; correctness does not depend on them (a run trained twice is stored once).
+
+Locks: ``fcntl.lockf`` (POSIX record locks, which NFSv3 with lockd and NFSv4 support); where the
+filesystem refuses them (``ENOLCK``, ``ENOSYS``, e.g. NFS without lockd, Lustre without ``-o flock``), an
+atomic ``mkdir`` lock directory, broken after ``STALE_LOCK_S``. Atomic rename within a directory tree and
+``O_EXCL`` are atomic on NFSv3+ and the parallel filesystems. Clocks of different hosts should agree
+to within a minute (claim heartbeats and stale ``tmp/`` entries are judged by mtime).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -41,11 +65,30 @@ from .config import ConfigError, RunConfig, SweepConfig, stable_hash
 TABLES = ("runs", "curves", "moments", "moments_channel")
 _UNIT_FILE = {"runs": "run.parquet", "curves": "curves.parquet", "moments": "moments.parquet",
               "moments_channel": "moments_channel.parquet"}
-STALE_CLAIM_S = 300.0  # a claim whose heartbeat is older than this (and whose pid is gone) is abandoned
+STALE_CLAIM_S = 300.0  # another host's claim whose heartbeat is older than this is abandoned
+TMP_STALE_S = 6 * 3600.0  # a tmp/ entry older than this is a killed writer's leftover, whatever its host
+STALE_LOCK_S = 3600.0  # a fallback lock directory older than this is a killed compaction's leftover
+_LAYOUT = {"sweep.json", "units", "tables", "claims", "failed", "tmp", "compact.lock", "compact.lockdir",
+           "submitit"}
 
 
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path, compression="zstd")
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """Read through one open file: a table replaced meanwhile is read whole, old or new.
+
+    (Given a path, pyarrow's dataset reader opens the file twice, footer then pages, and a
+    compaction replacing the table in between gives "Page was smaller than expected".)
+    """
+    with pa.OSFile(str(path), "rb") as fh:
+        return pd.read_parquet(fh)
+
+
+def _read_run_ids(path: Path) -> set[str]:
+    with pa.OSFile(str(path), "rb") as fh:
+        return set(pq.read_table(fh, columns=["run_id"]).column("run_id").to_pylist())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -86,31 +129,60 @@ class Store:
         """Open (or create) the sweep directory for ``sweep``.
 
         Raises :class:`ConfigError` if the directory holds a different sweep (any difference other
-        than the seeds or the launcher), naming the first differing field.
+        than the seeds or the launcher), naming the first differing field. Two processes creating the
+        same directory at once agree on one ``sweep.json``. Leftovers of killed writers in ``tmp/``
+        are deleted.
         """
         store = cls(path)
         meta_path = store.path / "sweep.json"
         identity = sweep.identity()
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            if meta["identity_hash"] != stable_hash(identity):
-                diff = _first_difference(meta["identity"], identity)
-                raise ConfigError(
-                    f"--out: {str(store.path)!r} belongs to a different config ({diff}); "
-                    "use another --out directory or the original config")
-            if set(sweep.seeds) - set(meta["config"]["seeds"]):  # record seeds added later
-                meta["config"]["seeds"] = sorted(set(meta["config"]["seeds"]) | set(sweep.seeds))
-                _atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
-        else:
-            if store.path.exists() and any(store.path.iterdir()):
+        if not meta_path.is_file():
+            if store.path.exists() and any(not _is_layout(p.name) for p in store.path.iterdir()):
                 raise ConfigError(f"--out: {str(store.path)!r} exists, is not empty and is not a bnstats sweep")
             store.path.mkdir(parents=True, exist_ok=True)
             meta = {"format": 1, "identity": identity, "identity_hash": stable_hash(identity),
                     "factors": list(sweep.factors), "config": sweep.to_dict()}
-            _atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
+            _create_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
         for d in (store.units, store.claims, store.failed, store.path / "tmp"):
             d.mkdir(exist_ok=True)
+        meta = json.loads(meta_path.read_text())
+        if meta["identity_hash"] != stable_hash(identity):
+            diff = _first_difference(meta["identity"], identity)
+            raise ConfigError(
+                f"--out: {str(store.path)!r} belongs to a different config ({diff}); "
+                "use another --out directory or the original config")
+        if set(sweep.seeds) - set(meta["config"]["seeds"]):  # record seeds added later
+            with store._lock():  # read-modify-write: two launches adding seeds keep both
+                meta = json.loads(meta_path.read_text())
+                meta["config"]["seeds"] = sorted(set(meta["config"]["seeds"]) | set(sweep.seeds))
+                _atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
+        store.clean_tmp()
         return store
+
+    def clean_tmp(self, *, older_than_s: float = TMP_STALE_S) -> int:
+        """Delete ``tmp/`` entries of killed writers: those of dead processes of this host, and any
+        older than ``older_than_s``. Returns how many were deleted."""
+        tmp = self.path / "tmp"
+        if not tmp.is_dir():
+            return 0
+        host, now, n = socket.gethostname(), time.time(), 0
+        for p in tmp.iterdir():
+            owner = _tmp_owner(p.name)
+            try:
+                old = now - p.stat().st_mtime > older_than_s
+            except FileNotFoundError:
+                continue
+            if old or (owner is not None and owner[0] == host and not _pid_alive(owner[1])):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def _tmp_name(self, stem: str) -> Path:
+        """A unique ``tmp/`` path that names its owner (host, pid), for :meth:`clean_tmp`."""
+        return self.path / "tmp" / f"{stem}~{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex[:12]}"
 
     def meta(self) -> dict[str, Any]:
         p = self.path / "sweep.json"
@@ -123,7 +195,7 @@ class Store:
         ids = {p.name for p in self.units.iterdir()} if self.units.is_dir() else set()
         runs = self.tables / "runs.parquet"
         if runs.is_file():
-            ids |= set(pq.read_table(runs, columns=["run_id"]).column("run_id").to_pylist())
+            ids |= _read_run_ids(runs)
         return ids
 
     # --- writing one run ------------------------------------------------------------------------
@@ -132,7 +204,7 @@ class Store:
         run_id = output.run["run_id"]
         if run_id in self.done_ids():
             return False
-        tmp = self.path / "tmp" / f"{run_id}.{uuid.uuid4().hex}"
+        tmp = self._tmp_name(run_id)
         tmp.mkdir(parents=True)
         try:
             _write_parquet([output.run], tmp / _UNIT_FILE["runs"])
@@ -157,36 +229,57 @@ class Store:
     def claim(self, run_id: str) -> bool:
         """Claim a run for this process; False if a live process holds it or it is done."""
         path = self.claims / f"{run_id}.json"
-        info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._claim_is_stale(path):
+        if not self._create_claim(path):
+            with self._lock():  # take over a stale claim: one process only, re-checked under the lock
+                if not (path.exists() and self._claim_is_stale(path)):
                     return False
                 path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(info)
-            if run_id in self.done_ids():  # finished by someone else since we planned
-                path.unlink(missing_ok=True)
-                return False
-            return True
-        return False
+                if not self._create_claim(path):
+                    return False
+        if run_id in self.done_ids():  # finished by someone else since we planned
+            self.release(run_id)
+            return False
+        return True
+
+    def _create_claim(self, path: Path) -> bool:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(self._me()))
+        return True
+
+    @staticmethod
+    def _me() -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
 
     def heartbeat(self, run_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.claims / f"{run_id}.json")
 
     def release(self, run_id: str) -> None:
-        (self.claims / f"{run_id}.json").unlink(missing_ok=True)
+        """Drop this process's claim (not one another process took over meanwhile)."""
+        path = self.claims / f"{run_id}.json"
+        try:
+            info = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            info = {}
+        if info and (info.get("host"), info.get("pid")) != (socket.gethostname(), os.getpid()):
+            return
+        path.unlink(missing_ok=True)
 
     def _claim_is_stale(self, path: Path) -> bool:
         try:
             info = json.loads(path.read_text())
             age = time.time() - path.stat().st_mtime
-        except (FileNotFoundError, json.JSONDecodeError):
-            return True  # vanished, or a writer died between create and write
+        except FileNotFoundError:
+            return True  # vanished
+        except json.JSONDecodeError:  # being written, or its writer died between create and write
+            try:
+                return time.time() - path.stat().st_mtime > 10.0
+            except FileNotFoundError:
+                return True
         if info.get("host") == socket.gethostname():
             return not _pid_alive(int(info["pid"]))
         return age > STALE_CLAIM_S
@@ -219,8 +312,19 @@ class Store:
     # --- compaction -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
+        """The store's exclusive lock (compaction, claim take-over, seeds update); see the module doc."""
         with open(self.path / "compact.lock", "a") as fh:
-            fcntl.lockf(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX)
+                posix = True
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                posix = False
+            if not posix:
+                with _dir_lock(self.path / "compact.lockdir"):
+                    yield
+                return
             try:
                 yield
             finally:
@@ -229,35 +333,103 @@ class Store:
     def compact(self) -> int:
         """Merge committed units into ``tables/``; returns how many units were merged.
 
-        Safe while other processes write units or read: tables are replaced by rename, and units are
-        deleted only after every table holding their rows is in place (readers de-duplicate).
+        Safe while other processes write units or read (see the module doc): each table takes the
+        units it does not hold yet, tables are replaced by rename (``runs`` last), and units leave
+        ``units/`` (one rename each) only after every table holding their rows is in place.
         """
         with self._lock():
+            self.tables.mkdir(exist_ok=True)
+            for p in self.tables.glob(".*.parquet"):  # a killed compaction's half-written table
+                p.unlink(missing_ok=True)
             units = sorted(p for p in self.units.iterdir() if p.is_dir())
             if not units:
                 return 0
-            self.tables.mkdir(exist_ok=True)
-            for table in TABLES:
-                parts = [u / _UNIT_FILE[table] for u in units if (u / _UNIT_FILE[table]).is_file()]
+            staged: list[tuple[Path, Path]] = []
+            merged: set[str] = set()
+            for table in (*(t for t in TABLES if t != "runs"), "runs"):  # runs last: see the module doc
+                old = self.tables / f"{table}.parquet"
+                old_df = _read_parquet(old) if old.is_file() else None
+                held = set(old_df["run_id"].unique()) if old_df is not None and len(old_df) else set()
+                parts = [u / _UNIT_FILE[table] for u in units
+                         if u.name not in held and (u / _UNIT_FILE[table]).is_file()]
+                if table == "runs":
+                    merged = {p.parent.name for p in parts}
                 if not parts:
                     continue
-                old = self.tables / f"{table}.parquet"
-                frames = ([pd.read_parquet(old)] if old.is_file() else []) + [pd.read_parquet(p) for p in parts]
+                frames = ([old_df] if old_df is not None else []) + [_read_parquet(p) for p in parts]
                 df = pd.concat([f for f in frames if len(f)], ignore_index=True)
                 if table == "runs":
                     df = df.drop_duplicates("run_id", keep="first")
                 tmp = self.tables / f".{table}.{uuid.uuid4().hex}.parquet"
                 df.to_parquet(tmp, index=False, compression="zstd")
+                staged.append((tmp, old))
+            for tmp, old in staged:
                 os.replace(tmp, old)
-            for u in units:
-                shutil.rmtree(u, ignore_errors=True)
-            return len(units)
+            trash = self._tmp_name("compacted")
+            trash.mkdir(parents=True)
+            for u in units:  # one rename each: a reader sees a unit whole or not at all
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(u, trash / u.name)
+            shutil.rmtree(trash, ignore_errors=True)
+            return len(merged)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _create_text(path: Path, text: str) -> bool:
+    """Write ``path`` atomically unless it exists; False if another process created it first."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)  # atomic, and fails if `path` exists
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _is_layout(name: str) -> bool:
+    return name in _LAYOUT or name.startswith(".sweep.json.")
+
+
+def _tmp_owner(name: str) -> tuple[str, int] | None:
+    parts = name.split("~")
+    if len(parts) >= 4 and parts[-2].isdigit():
+        return parts[-3], int(parts[-2])
+    return None
+
+
+@contextlib.contextmanager
+def _dir_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock by atomic ``mkdir``, for filesystems without POSIX locks."""
+    delay = 0.05
+    while True:
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime > STALE_LOCK_S:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+                    continue
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.rmdir()
 
 
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
@@ -310,14 +482,34 @@ _CATEGORICAL = ("source", "site")
 
 
 def _read_table(path: Path, table: str, unit_dirs: list[Path], run_ids: set[str]) -> pd.DataFrame:
+    for attempt in range(50):
+        try:
+            return _read_table_once(path, table, unit_dirs, run_ids)
+        except _UnitVanished:  # compacted while we read: its rows are in the table now, read again
+            time.sleep(0.02 * attempt)
+    raise RuntimeError(f"{path}: units keep vanishing while reading {table!r}; is a compaction looping?")
+
+
+class _UnitVanished(Exception):
+    pass
+
+
+def _read_table_once(path: Path, table: str, unit_dirs: list[Path], run_ids: set[str]) -> pd.DataFrame:
     compacted = path / "tables" / f"{table}.parquet"
-    frames = [pd.read_parquet(compacted)] if compacted.is_file() else []
-    seen = set(frames[0]["run_id"].unique()) if frames else set()
+    try:
+        frames = [_read_parquet(compacted)]
+    except FileNotFoundError:
+        frames = []
+    seen = set(frames[0]["run_id"].unique()) if frames and len(frames[0]) else set()
     for u in unit_dirs:
-        f = u / _UNIT_FILE[table]
-        if u.name not in seen and f.is_file():
-            with contextlib.suppress(FileNotFoundError):  # compacted meanwhile: already in `frames`
-                frames.append(pd.read_parquet(f))
+        if u.name in seen:  # compacted rows win over a unit (a late duplicate, or compacted meanwhile)
+            continue
+        try:
+            frames.append(_read_parquet(u / _UNIT_FILE[table]))
+        except FileNotFoundError:
+            if not u.is_dir():
+                raise _UnitVanished(u.name) from None
+            # the unit has no rows for this table (e.g. moments_channel when per_channel is off)
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({"run_id": pd.Series(dtype=str)})
@@ -361,5 +553,5 @@ def _all_ids(path: Path, unit_dirs: list[Path]) -> set[str]:
     ids = {u.name for u in unit_dirs}
     compacted = path / "tables" / "runs.parquet"
     if compacted.is_file():
-        ids |= set(pq.read_table(compacted, columns=["run_id"]).column("run_id").to_pylist())
+        ids |= _read_run_ids(compacted)
     return ids

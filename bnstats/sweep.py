@@ -1,40 +1,52 @@
 """Plan → submit → skip what is done. The launcher is any ``concurrent.futures``-style executor.
 
-``run_sweep`` expands the config into runs, drops those already in the store, packs the rest into
-tasks and hands them to an executor (``executor.submit(fn, task) -> future``): the built-in local
-process pool, submitit (Slurm), or anything with that shape (Dask, Ray, ...). Each task trains its
-runs and commits each to the store itself, so results survive whatever happens to the launcher.
+``run_sweep`` expands the config into runs, drops those already in the store (or being trained by a
+live process), packs the rest into tasks and hands them to an executor: the built-in local process
+pool, submitit (Slurm job arrays), or anything with ``submit(fn, task) -> future`` (Dask, Ray, ...);
+see :mod:`bnstats.launch`. Each task trains its runs and commits each to the store itself, so results
+survive whatever happens to the launcher, and a run that raises is recorded as failed without stopping
+the others. A worker or job that dies leaves its runs missing: the next launch trains them.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
-import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import RunConfig, SweepConfig
+from .config import ConfigError, RunConfig, SweepConfig
+from .launch import (  # noqa: F401 - re-exported: sweep.InlineExecutor etc. are public
+    InlineExecutor,
+    as_completed,
+    default_workers,
+    is_submitit,
+    local_executor,
+    submit_all,
+    submitit_executor,
+)
 from .store import Store
 
 
 @dataclass(frozen=True)
 class Task:
-    """A unit of submission: one or more runs, trained one after another by one worker."""
+    """A unit of submission: one or more runs, trained one after another by one worker.
+
+    Plain data (picklable by value), so any executor can ship it to another process or machine.
+    """
 
     store: str
     runs: tuple[dict[str, Any], ...]
-    device: str = "auto"
+    device: str = "auto"        # resolved in the worker ("auto": CUDA where the worker sees a GPU)
     git_commit: str = ""
+    threads: int = 0            # torch threads in the worker (0: leave the process's setting)
 
 
 @dataclass
@@ -44,20 +56,32 @@ class SweepSummary:
     trained: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)   # (run_id, error)
     skipped: int = 0            # claimed by another live process, or stored by another writer meanwhile
+    running_elsewhere: int = 0  # at the end: not stored, but claimed by another live process
+    missing: int = 0            # at the end: not stored and not running anywhere (failed ones included)
+    errors: list[str] = field(default_factory=list)  # workers or jobs that died, taking their runs along
     wall_time_s: float = 0.0
 
     @property
-    def missing(self) -> int:
-        return self.planned - self.already_done - self.trained
+    def ok(self) -> bool:
+        """Every planned run is stored or being trained by another live process; nothing died."""
+        return not self.failed and not self.missing and not self.errors
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` if torch sees a GPU, else ``cpu``; checks that a CUDA request can be met."""
+    check_device_name(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device: {device!r} requested but torch sees no CUDA device")
+        raise ConfigError(f"--device: {device!r} requested but torch sees no CUDA device")
+    return device
+
+
+def check_device_name(device: str) -> str:
+    """Validate the spelling only (for devices resolved later, on the machine that trains)."""
+    if device not in ("auto", "cpu", "cuda") and not (
+            device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return device
 
 
@@ -82,6 +106,8 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
     """
     from .train import train  # imported here: the launcher process need not import the model code
 
+    if task.threads:
+        torch.set_num_threads(task.threads)
     store = Store(task.store)
     device = resolve_device(task.device)
     out = []
@@ -113,96 +139,110 @@ def _heartbeat(store: Store, run_id: str, stop: threading.Event, every_s: float 
 
 
 # ---------------------------------------------------------------------------------------------------
-# Executors
 
 
-def _init_worker(threads: int, gpu_counter: Any, n_gpus: int) -> None:
-    torch.set_num_threads(threads)
-    if n_gpus:
-        with gpu_counter.get_lock():
-            index = gpu_counter.value
-            gpu_counter.value += 1
-        torch.cuda.set_device(index % n_gpus)
-
-
-def local_executor(workers: int, *, device: str = "cpu", threads_per_worker: int = 1) -> Executor:
-    """N worker processes (spawned), one torch thread each; on CUDA one worker per visible GPU by default."""
-    ctx = mp.get_context("spawn")
-    n_gpus = torch.cuda.device_count() if device.startswith("cuda") and device == "cuda" else 0
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(threads_per_worker, ctx.Value("i", 0), n_gpus))
-
-
-class InlineExecutor(Executor):
-    """Runs each task in this process when submitted (like submitit's DebugExecutor): for tests and debugging."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        fut: Future = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            fut.set_exception(exc)
-        return fut
-
-
-def default_workers(device: str) -> int:
-    if device.startswith("cuda"):
-        return max(1, torch.cuda.device_count()) if device == "cuda" else 1
-    return os.cpu_count() or 1
-
-
-# ---------------------------------------------------------------------------------------------------
-
-
-def plan(config: SweepConfig, store: Store) -> tuple[list[RunConfig], int]:
-    """The runs still to train (in config order) and how many are already stored."""
+def plan(config: SweepConfig, store: Store) -> tuple[list[RunConfig], int, int]:
+    """The runs still to train (in config order), how many are stored, and how many other live
+    processes are training now (those are left to them)."""
     runs = config.runs()
     done = store.done_ids()
-    todo = [r for r in runs if r.run_id not in done]
-    return todo, len(runs) - len(todo)
+    claimed = set(store.active_claims())
+    todo = [r for r in runs if r.run_id not in done and r.run_id not in claimed]
+    elsewhere = sum(r.run_id not in done and r.run_id in claimed for r in runs)
+    return todo, len(runs) - len(todo) - elsewhere, elsewhere
 
 
-def pack(runs: list[RunConfig], runs_per_task: int, store: Store, device: str, commit: str) -> list[Task]:
-    return [Task(str(store.path), tuple(r.to_dict() for r in runs[i:i + runs_per_task]), device, commit)
+def pack(runs: list[RunConfig], runs_per_task: int, store: Store, device: str, commit: str,
+         threads: int = 0) -> list[Task]:
+    return [Task(str(store.path), tuple(r.to_dict() for r in runs[i:i + runs_per_task]), device, commit,
+                 threads)
             for i in range(0, len(runs), runs_per_task)]
 
 
-def run_sweep(config: SweepConfig, out: str | Path, *, executor: Executor | None = None,
+def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
               workers: int | None = None, device: str = "auto", progress: bool | None = None,
               log: Callable[[str], None] | None = None) -> SweepSummary:
     """Train every run of ``config`` that ``out`` does not hold yet, then compact the store.
 
-    ``executor``: any object with ``submit(fn, task) -> future`` (default: local worker processes,
-    ``workers`` of them, one torch thread each). Interrupted sweeps resume: finished runs are kept,
-    the rest train on the next call.
+    ``executor``: any object with ``submit(fn, task) -> future`` whose futures have ``result()``
+    (and, for progress in completion order, ``done()``). Default: the config's ``[launcher]``:
+    ``kind = "local"`` starts ``workers`` local processes (default ``launcher.workers``, else one
+    per core or per GPU), one torch thread each; ``kind = "submitit"`` submits job arrays to Slurm
+    (see :mod:`bnstats.launch`). ``device`` is resolved by each worker, except for the local pool,
+    which needs it to place workers on GPUs.
+
+    Interrupted sweeps resume: finished runs are kept, the rest train on the next call. A worker or
+    job that dies (killed, out of memory, time limit) is reported in ``summary.errors`` and its runs
+    stay missing; ``summary.ok`` is False then, or when a run failed.
     """
     t0 = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    store = Store.open(out, config)
-    device = resolve_device(device)
-    todo, done = plan(config, store)
-    summary = SweepSummary(planned=len(todo) + done, already_done=done)
-    if not todo:
-        log(f"{config.name}: all {done} runs are already stored in {out}; nothing to train")
-        store.compact()
-        return summary
-    log(f"{config.name}: {len(todo)} runs to train ({done} already stored) on {device} -> {out}")
     lc = config.launcher
-    tasks = pack(todo, lc.runs_per_task, store, device, git_commit())
     own = executor is None
+    local_pool = own and lc.kind == "local"
+    device = resolve_device(device) if local_pool else check_device_name(device)
+    if own and lc.kind == "submitit" and device.startswith("cuda") and lc.gpus_per_task == 0:
+        raise ConfigError(f"launcher.gpus_per_task: expected >= 1 with --device {device}, got 0")
+    store = Store.open(out, config)
+    todo, done, elsewhere = plan(config, store)
+    summary = SweepSummary(planned=len(todo) + done + elsewhere, already_done=done)
+    busy = f"; {elsewhere} being trained by other processes" if elsewhere else ""
+    if not todo:
+        log(f"{config.name}: all {done} runs are already stored in {out}{busy}; nothing to train")
+        store.compact()
+        summary.running_elsewhere = elsewhere
+        return summary
+    # Build the dataset cache once, here, before any worker starts: workers then read it instead of
+    # all generating (or downloading) it at once. It also fails early on a missing dataset.
+    from . import data as data_mod
+
+    data_mod.load(config.dataset, config.data.root)
+    threads = lc.cpus_per_task if own and lc.kind == "submitit" else 0
+    tasks = pack(todo, lc.runs_per_task, store, device, git_commit(), threads)
     if own:
-        workers = workers or lc.workers or default_workers(device)
-        workers = min(workers, len(tasks))
-        executor = InlineExecutor() if workers == 1 and device == "cpu" and _single_thread() \
-            else local_executor(workers, device=device)
+        if lc.kind == "submitit":
+            if workers:
+                log(f"--workers {workers} applies to the local launcher; submitit runs "
+                    f"launcher.array_parallelism = {lc.array_parallelism} tasks at once")
+            executor = submitit_executor(lc, lc.folder or Path(out) / "submitit", name=f"bnstats-{config.name}")
+            where = f"submitit/{executor.cluster}" + (f" partition {lc.partition}" if lc.partition else "")
+        else:
+            workers = min(workers or lc.workers or default_workers(device), len(tasks))
+            inline = workers == 1 and device == "cpu" and torch.get_num_threads() == 1
+            executor = InlineExecutor() if inline else local_executor(workers, device=device)
+            where = "this process" if inline else f"{workers} local worker processes"
+    else:
+        where = type(executor).__name__
+    log(f"{config.name}: {len(todo)} runs to train ({done} already stored{busy}) in {len(tasks)} tasks "
+        f"on {where}, device {device} -> {out}")
     bar = Progress(len(todo), enabled=progress, log=log)
+    broken = False
     try:
-        futures = [executor.submit(execute_task, t) for t in tasks]
-        for fut in _as_completed(futures):
+        futures = submit_all(executor, execute_task, tasks)
+        task_of = {id(f): t for f, t in zip(futures, tasks, strict=True)}
+        if is_submitit(executor) and futures:
+            log(f"submitted job {str(getattr(futures[0], 'job_id', '?')).split('_')[0]}: logs in "
+                f"{executor.folder}; Ctrl-C leaves the jobs running (they store their runs themselves)")
+        for fut in as_completed(futures):
+            task = task_of[id(fut)]
             try:
                 statuses = fut.result()
-            except Exception as exc:  # the worker itself died (e.g. killed): its runs stay missing
-                log(f"a worker failed ({type(exc).__name__}: {exc}); its runs will train on the next launch")
+            except BrokenProcessPool as exc:  # a local worker died: the pool stops every task
+                if not broken:
+                    broken = True
+                    msg = ("a worker process died unexpectedly (killed, or out of memory?) and the local "
+                           f"pool stopped ({exc}); the unfinished runs train on the next launch")
+                    summary.errors.append(msg)
+                    log(msg)
+                bar.advance(len(task.runs))
+                continue
+            except Exception as exc:  # the task's process died or the job failed: its runs stay missing
+                msg = (f"a task of {len(task.runs)} run(s) died ({type(exc).__name__}: "
+                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                       "its unfinished runs train on the next launch")
+                summary.errors.append(msg)
+                log(msg)
+                bar.advance(len(task.runs))
                 continue
             for s in statuses:
                 if s["status"] == "trained":
@@ -213,27 +253,30 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Executor | None
                 else:
                     summary.skipped += 1
                 bar.advance()
+    except KeyboardInterrupt:
+        if is_submitit(executor):
+            log("interrupted: the submitted jobs keep running and store their runs; "
+                "`bnstats status` shows them, and the same command again trains whatever is missing")
+        raise
     finally:
         bar.close()
-        if own:
+        if own and hasattr(executor, "shutdown"):
             executor.shutdown(wait=True, cancel_futures=True)
         store.compact()
+    stored = store.done_ids()
+    claimed = set(store.active_claims())
+    left = [r.run_id for r in config.runs() if r.run_id not in stored]
+    summary.running_elsewhere = sum(rid in claimed for rid in left)
+    summary.missing = len(left) - summary.running_elsewhere
     summary.wall_time_s = time.perf_counter() - t0
+    tail = ""
+    if summary.running_elsewhere:
+        tail += f", {summary.running_elsewhere} still being trained by other processes"
+    if summary.missing:
+        tail += f"; {summary.missing} not stored (failed or lost): run the same command again to train them"
     log(f"{config.name}: trained {summary.trained}, failed {len(summary.failed)}, skipped {summary.skipped}"
-        f", already stored {done}; {summary.wall_time_s:.1f} s")
+        f", already stored {done}; {summary.wall_time_s:.1f} s{tail}")
     return summary
-
-
-def _single_thread() -> bool:
-    return torch.get_num_threads() == 1
-
-
-def _as_completed(futures: Iterable[Future]) -> Iterable[Future]:
-    """``concurrent.futures.as_completed`` for real futures; submit order for anything else with .result()."""
-    futures = list(futures)
-    if all(isinstance(f, Future) for f in futures):
-        return cf.as_completed(futures)
-    return futures
 
 
 class Progress:
@@ -255,8 +298,8 @@ class Progress:
         eta_s = "?" if eta != eta else _fmt_s(eta)
         return f"[{bar}] {self.done}/{self.total} runs ({pct:.0f}%) elapsed {_fmt_s(elapsed)} ETA {eta_s}"
 
-    def advance(self) -> None:
-        self.done += 1
+    def advance(self, n: int = 1) -> None:
+        self.done += n
         if self.tty:
             sys.stderr.write("\r" + self._line())
             sys.stderr.flush()

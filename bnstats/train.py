@@ -73,6 +73,7 @@ class SiteRecorder:
         self.items: list[tuple[dict[str, Any], torch.Tensor]] = []
         self.keys: dict[str, Any] = {}
         self._last: torch.Tensor | None = None
+        self.nbytes = 0  # of the kept tensors: the loop flushes early past MOMENT_STASH_BYTES
 
     def start(self, **keys: Any) -> SiteRecorder:
         """Begin a forward pass whose sites are labelled with ``keys`` (epoch, step, source)."""
@@ -86,6 +87,7 @@ class SiteRecorder:
             return
         self.items.append((keys, x.detach()))
         self._last = x
+        self.nbytes += x.numel() * x.element_size()
 
     def rows(self, per_channel: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Summary rows (and per-channel rows) of everything recorded, then forget it."""
@@ -101,7 +103,7 @@ class SiteRecorder:
         order = list(groups)
         accs = [MomentAccumulator(channel_dim=2).update(torch.stack([t for _, t in groups[g]])) for g in order]
         labels = [keys for keys, _ in self.items]
-        self.items = []
+        self.items, self.nbytes = [], 0
         if not accs:
             return [], []
         summaries = dict(zip(order, summarize_many(accs), strict=True))  # one host transfer
@@ -116,6 +118,12 @@ class SiteRecorder:
                 channel_rows += [{**keys, "channel": c, **{k: float(v[i, c]) for k, v in res.items()}}
                                  for c in range(res["mean"].shape[-1])]
         return rows, channel_rows
+
+
+# Site tensors kept before their moments are computed. Small models (MNIST-1D) never reach it and
+# flush once per epoch; large conv nets flush as they go (one host read per flush) instead of holding
+# an epoch of activations (a VGG on CIFAR-10 would need >10 GB).
+MOMENT_STASH_BYTES = 256 * 2**20
 
 
 @torch.no_grad()
@@ -217,6 +225,8 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
             if mc.enabled and mc.every and step % mc.every == 0:
                 with models.record(model, rec.start(epoch=epoch, step=step, source="train")):
                     out = model(xb)
+                if rec.nbytes > MOMENT_STASH_BYTES:
+                    flush_moments()
             else:
                 out = model(xb)
             loss = F.cross_entropy(out.float(), yb, label_smoothing=tc.label_smoothing)

@@ -10,7 +10,8 @@ import pytest
 
 from bnstats import cli, config, store, sweep
 from bnstats.sweep import InlineExecutor, run_sweep
-from tests.conftest import REPO, tiny_toml
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args):
@@ -128,11 +129,11 @@ def test_status_counts_per_cell(tiny_config, tmp_path):
     assert failed == {} and len(cfg.runs()) == 12
 
 
-def _spawn_sweep(cfg_path, out, workers):
+def _spawn_sweep(cfg_path, out, workers, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     log = open(out.parent / f"sweep-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - closed by caller
     proc = subprocess.Popen([sys.executable, "-m", "bnstats.cli", "sweep", str(cfg_path), "--out", str(out),
-                             "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL,
+                             "--workers", str(workers), *map(str, args)], env=env, stdout=subprocess.DEVNULL,
                             stderr=log, start_new_session=True)
     log.close()  # the child holds its own copy
     proc.log_path = log.name
@@ -144,11 +145,10 @@ def _log(proc):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_kill_9_mid_sweep_then_resume_stores_every_run_exactly_once(tmp_path, data_root, workers):
-    cfg_path = tmp_path / "c.toml"
-    cfg_path.write_text(tiny_toml(data_root, seeds=4, epochs=2))
+def test_kill_9_mid_sweep_then_resume_stores_every_run_exactly_once(tiny_config, tmp_path, workers):
+    args = ("--seeds", 3, "--set", "train.epochs=2")
     out = tmp_path / "sw"
-    proc = _spawn_sweep(cfg_path, out, workers)
+    proc = _spawn_sweep(tiny_config, out, workers, *args)
     deadline = time.time() + 120
     while time.time() < deadline:
         units = out / "units"
@@ -158,27 +158,24 @@ def test_kill_9_mid_sweep_then_resume_stores_every_run_exactly_once(tmp_path, da
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, mid-run
     proc.wait()
     n_before = len(store.Store(out).done_ids())
-    assert 3 <= n_before < 24
-    proc = _spawn_sweep(cfg_path, out, workers)
+    assert 3 <= n_before < 18
+    proc = _spawn_sweep(tiny_config, out, workers, *args)
     assert proc.wait(timeout=300) == 0, _log(proc)
     runs = store.load(out).runs
-    assert len(runs) == 24 and runs["run_id"].is_unique
-    assert set(runs["run_id"]) == {r.run_id for r in config.load(cfg_path).runs()}
+    assert len(runs) == 18 and runs["run_id"].is_unique
+    cfg = config.load(tiny_config, seeds=3, overrides=["train.epochs=2"])
+    assert set(runs["run_id"]) == {r.run_id for r in cfg.runs()}
     curves = store.load(out).curves
-    assert len(curves) == 24 * 2 and not curves.duplicated(["run_id", "epoch"]).any()
+    assert len(curves) == 18 * 2 and not curves.duplicated(["run_id", "epoch"]).any()
 
 
-def test_two_sweeps_at_once_on_one_directory_store_each_run_once(tmp_path, data_root):
-    cfg_path = tmp_path / "c.toml"
-    cfg_path.write_text(tiny_toml(data_root, seeds=3, epochs=1))
+def test_two_sweeps_at_once_on_one_directory_store_each_run_once(tiny_config, tmp_path):
     out = tmp_path / "sw"
-    config_obj = config.load(cfg_path)
-    store.Store.open(out, config_obj)  # created first, so both processes find the same sweep.json
-    procs = [_spawn_sweep(cfg_path, out, 1) for _ in range(2)]
+    procs = [_spawn_sweep(tiny_config, out, 1) for _ in range(2)]  # both create the store
     for p in procs:
         assert p.wait(timeout=300) == 0, _log(p)
     res = store.load(out)
-    assert len(res.runs) == 18 and res.runs["run_id"].is_unique
+    assert len(res.runs) == 12 and res.runs["run_id"].is_unique
     assert not res.curves.duplicated(["run_id", "epoch"]).any()
 
 

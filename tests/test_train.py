@@ -117,3 +117,22 @@ def test_model_init_is_shared_whatever_the_activation():
     models.init_parameters(a, 0)
     models.init_parameters(b, 0)
     assert models.init_hash(a) == models.init_hash(b)
+
+
+def test_moments_flushed_early_under_a_memory_budget_are_the_same(data_root, tmp_path, monkeypatch):
+    import bnstats.train as train_mod
+
+    run = _runs(data_root, tmp_path, epochs=1)[1]
+    a = train(run)
+    monkeypatch.setattr(train_mod, "MOMENT_STASH_BYTES", 0)  # flush after every recorded step
+    b = train(run)
+    assert a.run["test_loss"] == b.run["test_loss"]
+
+    def keyed(rows):
+        return {(r["epoch"], r["step"], r["source"], r["layer"], r["site"]): r for r in rows}
+
+    ka, kb = keyed(a.moments), keyed(b.moments)
+    assert ka.keys() == kb.keys() and len(ka) == len(a.moments)
+    for k in ka:
+        for stat in ("mean", "var", "skew", "exkurt", "frac_zero", "pooled_skew"):
+            assert ka[k][stat] == pytest.approx(kb[k][stat], rel=1e-12, abs=1e-15, nan_ok=True), (k, stat)

@@ -1,0 +1,152 @@
+"""The stacked engine gives each seed what train.train gives it (up to float rounding)."""
+
+import math
+
+import pytest
+import torch
+
+from bnstats import config, data, engine, models
+from bnstats.train import train
+from tests.conftest import tiny_toml
+
+STACK_ONLY = {"engine", "stack_size", "precision", "deterministic", "compiled"}
+NUMERIC = ("mean", "var", "skew", "exkurt", "frac_zero", "pooled_mean", "pooled_var", "pooled_skew",
+           "pooled_exkurt", "pooled_frac_zero")
+
+
+def _runs(data_root, tmp_path, **kw):
+    p = tmp_path / "c.toml"
+    p.write_text(tiny_toml(data_root, **kw))
+    return config.load(p).runs()
+
+
+def _close(a, b, tol):
+    return a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol * (1 + abs(b))
+
+
+def _assert_same(stacked, singles, tol=1e-4):
+    for a, b in zip(stacked, singles, strict=True):
+        assert set(a.run) - set(b.run) == STACK_ONLY and not set(b.run) - set(a.run)
+        for k in ("run_id", "seed", "init_hash", "order_hash", "data_hash", "diverged", "diverged_step",
+                  "epochs_completed", "steps", "n_params"):
+            assert a.run[k] == b.run[k], k
+        for k in ("test_acc", "test_loss", "train_loss", "train_acc"):
+            assert _close(a.run[k], b.run[k], tol), (k, a.run[k], b.run[k])
+        assert len(a.curves) == len(b.curves)
+        for ca, cb in zip(a.curves, b.curves, strict=True):
+            assert set(ca) == set(cb)
+            for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+                assert _close(ca[k], cb[k], tol), (k, ca[k], cb[k])
+        assert len(a.moments) == len(b.moments)
+        for ma, mb in zip(a.moments, b.moments, strict=True):
+            assert set(ma) == set(mb)
+            assert {k: ma[k] for k in ("run_id", "epoch", "step", "source", "layer", "site", "count",
+                                       "n_channels")} == {k: mb[k] for k in ("run_id", "epoch", "step",
+                                                                             "source", "layer", "site",
+                                                                             "count", "n_channels")}
+            for k in NUMERIC:  # kurtosis of near-constant channels amplifies rounding: a looser bound
+                assert _close(ma[k], mb[k], 1e-3 if "kurt" in k or "skew" in k else tol), (k, ma, mb)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_stack_equals_separate_runs_for_every_placement(data_root, tmp_path, arch):
+    runs = _runs(data_root, tmp_path, seeds=2, epochs=2)
+    for group in engine.group_by_arm([r for r in runs if r.model.arch == arch]):
+        assert len(group) == 2
+        _assert_same(engine.train_stack(group), [train(r) for r in group])
+
+
+def test_stack_2d_images_with_augmentation_dropout_and_per_channel_moments(data_root, tmp_path):
+    extra = f"[data]\nroot = \"{data_root}\"\naugment = true\n"
+    p = tmp_path / "c.toml"
+    text = tiny_toml(data_root, seeds=2, epochs=2).replace('dataset = "mnist1d"', 'dataset = "synthetic"')
+    text = text.replace(f'[data]\nroot = "{data_root}"\n', "")
+    text = text.replace("[model]\n", "[model]\ndropout = 0.2\ndropout_position = \"block\"\n")
+    text = text.replace("[moments]\n", "[moments]\nper_channel = true\n") + extra
+    text = text.replace("batch_size = 256", "batch_size = 64")
+    p.write_text(text)
+    runs = [r for r in config.load(p).runs() if r.model.arch == "cnn" and r.model.placement != "none"]
+    for group in engine.group_by_arm(runs):
+        st, single = engine.train_stack(group), [train(r) for r in group]
+        _assert_same(st, single)
+        for a, b in zip(st, single, strict=True):
+            assert len(a.moments_channel) == len(b.moments_channel) > 0
+            assert all(_close(x["var"], y["var"], 1e-4) and x["channel"] == y["channel"]
+                       for x, y in zip(a.moments_channel, b.moments_channel, strict=True))
+
+
+def test_augment_drawn_matches_data_augment():
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    offs, flips = engine.draw_augment(g2, 5, padding=2)
+    assert torch.equal(data.augment(x, g1, padding=2), engine.augment_drawn(x, offs, flips, padding=2, flip=True))
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+def test_stacked_model_matches_each_model_for_other_norms(norm):
+    for arch, shape in (("mlp", (1, 40)), ("cnn", (1, 40)), ("cnn", (3, 8, 8))):
+        cfg = config.ModelConfig(arch=arch, norm=norm, width=8, placement="after")
+        nets = []
+        for s in range(3):
+            m = models.build(cfg, shape, 4)
+            models.init_parameters(m, s)
+            nets.append(m.train())
+        for impl in ("grouped", "split"):
+            st = engine.stack_models(nets, conv_impl=impl).train()
+            x = torch.randn(6, 3, *shape, generator=torch.Generator().manual_seed(0))
+            out = st(x.flatten(1, 2))
+            for s, m in enumerate(nets):
+                assert torch.allclose(out[:, s], m(x[:, s]), atol=1e-4, rtol=1e-4)
+            shared = st.eval()(x[:, 0], shared=True)
+            for s, m in enumerate(nets):
+                assert torch.allclose(shared[:, s], m.eval()(x[:, 0]), atol=1e-4, rtol=1e-4)
+                assert all(torch.equal(a, b) for a, b in zip(engine.unstack_state(st, s, m).values(),
+                                                             m.state_dict().values(), strict=True))
+                m.train()
+            st.train()
+
+
+def test_a_diverging_seed_is_recorded_and_the_others_go_on(data_root, tmp_path, monkeypatch):
+    runs = [r for r in _runs(data_root, tmp_path, seeds=2, epochs=2)
+            if r.model.arch == "mlp" and r.model.placement == "none"]
+    # Seed 1 starts from huge weights: its loss overflows at once; seed 0 is untouched.
+    real = models.init_parameters
+
+    def init(model, seed):
+        real(model, seed)
+        if seed == 1:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1e30)
+
+    monkeypatch.setattr(models, "init_parameters", init)
+    st = engine.train_stack(runs)
+    single = [train(r) for r in runs]
+    _assert_same(st, single)
+    assert st[1].run["diverged"] and st[1].run["epochs_completed"] == 1 and math.isnan(st[1].run["test_acc"])
+    # Seed 0 equals its separate run (above) and learns: above chance (0.1) after 2 short epochs.
+    assert not st[0].run["diverged"] and st[0].run["epochs_completed"] == 2 and st[0].run["test_acc"] > 0.12
+
+
+def test_train_runs_groups_by_arm_keeps_order_and_marks_the_engine(data_root, tmp_path):
+    all_runs = [r for r in _runs(data_root, tmp_path, seeds=2, epochs=1) if r.model.arch == "mlp"]
+    runs = [r for r in all_runs if r.model.placement != "none"] + [all_runs[2]]  # 2 arms x 2 seeds, 1 alone
+    outs = engine.train_runs(runs, "cpu", deterministic=True)
+    assert [o.run["run_id"] for o in outs] == [r.run_id for r in runs]
+    assert [o.run["engine"] for o in outs] == ["stack"] * 4 + ["single"]
+    assert [o.run["stack_size"] for o in outs] == [2] * 4 + [1]
+    singles = engine.train_runs(runs[:2], "cpu", stack=False)
+    assert [o.run["engine"] for o in singles] == ["single", "single"]
+    assert singles[0].run["test_loss"] == train(runs[0]).run["test_loss"]  # the single path is train.train
+
+
+def test_bad_input_is_refused_with_the_field_named(data_root, tmp_path):
+    runs = _runs(data_root, tmp_path, seeds=2)
+    with pytest.raises(ValueError, match="differ only in seed"):
+        engine.train_stack([runs[0], runs[1]])
+    with pytest.raises(ValueError, match="precision"):
+        engine.train_stack([runs[0], runs[6]], precision="fp8")
+    with pytest.raises(ValueError, match="distinct"):
+        engine.train_stack([runs[0], runs[0]])
+    with pytest.raises(ValueError, match="conv_impl"):
+        engine.stack_models([], conv_impl="fft")

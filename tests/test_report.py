@@ -1,0 +1,355 @@
+"""The report: a papermill notebook rendered to HTML and PDF, its tables, figures and summary.json.
+
+One fixture sweep and one render per session (``rendered``); the byte-identity test renders a second
+time, through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import textwrap
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnstats import cli, config, report, stats, store
+from bnstats.sweep import InlineExecutor, run_sweep
+
+pypdf = pytest.importorskip("pypdf")
+
+REPO = Path(__file__).resolve().parents[1]
+_SWEEPS: dict[str, Path] = {}
+
+
+def _toml(data_root: Path) -> str:
+    return textwrap.dedent(f"""
+        name = "report-tiny"
+        dataset = "mnist1d"
+        seeds = 4
+        [data]
+        root = "{data_root}"
+        [model]
+        width = 16
+        [train]
+        epochs = 2
+        batch_size = 256
+        lr = 0.05
+        [grid]
+        arch = ["mlp", "cnn"]
+        placement = ["before", "after", "none"]
+        [moments]
+        every = 5
+        probe_size = 128
+        """)
+
+
+def report_sweep_dir(tmp_path_factory, data_root) -> Path:
+    """A tiny real sweep (2 archs x 3 placements x 4 seeds, 2 epochs), built once per session."""
+    if "tiny" not in _SWEEPS:
+        root = tmp_path_factory.mktemp("report-sweep")
+        cfg = root / "tiny.toml"
+        cfg.write_text(_toml(data_root))
+        out = root / "sweep"
+        run_sweep(config.load(cfg), out, executor=InlineExecutor(), progress=False)
+        _SWEEPS["tiny"] = out
+    return _SWEEPS["tiny"]
+
+
+@pytest.fixture(scope="session")
+def report_sweep(tmp_path_factory, data_root) -> Path:
+    return report_sweep_dir(tmp_path_factory, data_root)
+
+
+@pytest.fixture(scope="session")
+def rendered(report_sweep, tmp_path_factory) -> Path:
+    return report.render(report_sweep, tmp_path_factory.mktemp("report") / "out")
+
+
+FIGURES = ("paired_seeds", "differences", "forest", "learning_curves", "moments_cnn", "moments_mlp", "association")
+TABLES = ("headline", "arms", "comparisons", "pairing", "paired_association", "association")
+TEX_TABLES = ("headline", "arms", "paired_association", "association")
+SECTIONS = ("Question and design", "Headline", "Figures", "How to cite", "Methods", "Caveats", "provenance")
+
+
+def _pdf_text(path: Path) -> str:
+    return "\n".join(page.extract_text() for page in pypdf.PdfReader(path).pages)
+
+
+# --- the rendered report --------------------------------------------------------------------------
+
+
+def test_render_writes_every_file(rendered):
+    for name in ("report.html", "report.pdf", "report.ipynb", "summary.json"):
+        assert (rendered / name).is_file(), name
+    for name in TABLES:
+        assert (rendered / "tables" / f"{name}.csv").is_file(), name
+    for name in TEX_TABLES:
+        tex = (rendered / "tables" / f"{name}.tex").read_text()
+        assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\begin{tabular}" in tex
+        body = [line for line in tex.splitlines() if not line.startswith("%")]
+        assert all(line.isascii() for line in body), name  # pdflatex-safe: no Unicode minus, ±, Δ
+    for name in FIGURES:
+        png = (rendered / "figures" / f"{name}.png").read_bytes()
+        pdf = (rendered / "figures" / f"{name}.pdf").read_bytes()
+        assert png.startswith(b"\x89PNG") and pdf.startswith(b"%PDF"), name
+        assert b"CreationDate" not in pdf and b"Matplotlib" not in png
+    summary = json.loads((rendered / "summary.json").read_text())
+    on_disk = sorted(p.relative_to(rendered).as_posix() for p in rendered.rglob("*")
+                     if p.is_file() and p.parent.name in ("tables", "figures"))
+    assert sorted(f for f in summary["files"] if f != "summary.json") == on_disk
+
+
+def test_pdf_is_a4_and_has_the_sections_in_order(rendered):
+    reader = pypdf.PdfReader(rendered / "report.pdf")
+    box = reader.pages[0].mediabox
+    assert (round(float(box.width)), round(float(box.height))) == (595, 842)  # A4 in points
+    text = _pdf_text(rendered / "report.pdf")
+    where = [text.find(s) for s in SECTIONS]
+    assert all(i >= 0 for i in where), dict(zip(SECTIONS, where, strict=True))
+    assert where == sorted(where)
+    # no TeX for offline readers; intervals in plain text
+    assert "\\pm" not in text and "$" not in text
+    assert "95% CI" in text and "paired t(3)" in text and "store hash" in text
+
+
+def test_pdf_and_html_carry_the_cite_sentences(rendered):
+    summary = json.loads((rendered / "summary.json").read_text())
+    html = (rendered / "report.html").read_text()
+    text = " ".join(_pdf_text(rendered / "report.pdf").split())
+    for c in summary["comparisons"]:
+        assert report.esc(c["sentence"]).replace(" = ", "\u00a0=\u00a0") in html
+        assert c["sentence"][-30:] in text.replace("\u00a0", " ")
+
+
+def test_html_is_offline_and_shows_no_code(rendered):
+    html = (rendered / "report.html").read_text()
+    assert "<script" not in html.lower()
+    assert "mathjax" not in html.lower()
+    assert "stats.compare(runs" not in html and "report.setup_plotting" not in html
+    assert "data:image/png;base64," in html
+
+
+def test_executed_notebook_ran_clean(rendered):
+    nb = nbformat.read(rendered / "report.ipynb", as_version=4)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", out
+            assert not (out["output_type"] == "stream" and out["name"] == "stderr"), out["text"]
+    assert [c["id"] for c in nb.cells] == [f"cell-{i:03d}" for i in range(len(nb.cells))]
+    assert "start_time" not in json.dumps(nb.metadata)
+
+
+def test_summary_equals_stats_compare_on_the_same_store(rendered, report_sweep):
+    summary = json.loads((rendered / "summary.json").read_text())
+    p = summary["parameters"]
+    runs = store.load(report_sweep).runs
+    cmp = stats.compare(runs, metric=p["metric"], factor=p["factor"], baseline=p["baseline"],
+                        confidence_level=p["confidence_level"], margin=p["margin"], p_adjust=p["p_adjust"],
+                        n_resamples=p["n_resamples"], rng=p["rng"], diverged=p["diverged"])
+    desc = stats.describe(runs, metric=p["metric"], factor=p["factor"]).set_index(["arch", "arm"])
+    assert len(summary["comparisons"]) == len(cmp) == 4
+    assert summary["store_hash"] == report.store_hash(runs)
+    checked = 0
+    for row, (_, ref) in zip(summary["comparisons"], cmp.iterrows(), strict=True):
+        assert (row["arch"], row["arm"], row["baseline"]) == (ref["arch"], ref["arm"], ref["baseline"])
+        for key, value in row.items():
+            if key in ref.index:
+                want = ref[key]
+                if isinstance(want, float) and math.isnan(want):
+                    assert value is None, key
+                else:
+                    assert value == (want.item() if isinstance(want, np.generic) else want), key
+                checked += 1
+        for side, arm in (("baseline", row["baseline"]), ("arm", row["arm"])):
+            assert row[f"mean_{side}"] == desc.loc[(row["arch"], arm), "mean"]
+            assert row[f"sd_{side}"] == desc.loc[(row["arch"], arm), "sd"]
+        assert row["sentence"] == report.cite_sentence(ref, by=["arch"])
+    assert checked >= 4 * 20
+
+
+def test_headline_csv_has_every_digit_and_tex_is_rounded(rendered, report_sweep):
+    head = pd.read_csv(rendered / "tables" / "headline.csv")
+    summary = json.loads((rendered / "summary.json").read_text())
+    assert head["estimate"].tolist() == [c["estimate"] for c in summary["comparisons"]]
+    tex = (rendered / "tables" / "headline.tex").read_text()
+    est = summary["comparisons"][0]["estimate"] * 100
+    assert f"{est:+.2f}".replace("-", "$-$") in tex
+    assert "\\_" in tex or "_" not in tex.split("\\midrule")[1]
+
+
+def test_rendering_twice_gives_identical_bytes(rendered, report_sweep, tmp_path):
+    second = tmp_path / "again"
+    assert cli.main(["report", str(report_sweep), "--out", str(second), "--quiet"]) == 0
+    files = ["report.pdf", "report.html", "report.ipynb", "summary.json",
+             *(p.relative_to(rendered).as_posix() for p in sorted((rendered / "tables").iterdir())),
+             *(p.relative_to(rendered).as_posix() for p in sorted((rendered / "figures").iterdir()))]
+    differ = [f for f in files if (rendered / f).read_bytes() != (second / f).read_bytes()]
+    assert differ == []
+
+
+# --- parameters -------------------------------------------------------------------------------------
+
+
+def test_notebook_parameters_match_the_module(tmp_path):
+    import papermill
+
+    nb = report.notebook_path()
+    assert nb.resolve() == (REPO / "reports" / "report.ipynb").resolve()
+    found = papermill.inspect_notebook(str(nb))
+    assert list(found) == list(report.PARAMETERS)
+    for name, info in found.items():
+        assert eval(info["default"]) == report.PARAMETERS[name], name  # noqa: S307 - our own literals
+
+
+def test_packaged_notebook_is_the_source_one():
+    packaged = REPO / "bnstats" / "reports" / "report.ipynb"
+    assert packaged.read_bytes() == (REPO / "reports" / "report.ipynb").read_bytes()
+
+
+def test_parse_sets_reads_toml_values_and_bare_words():
+    got = report.parse_sets(["metric=test_loss", "margin=0.005", "title=007", 'baseline="after"',
+                             "confidence_level=0.9", "margin=[-0.003, 0.005]", "rng=7"])
+    assert got == {"metric": "test_loss", "margin": [-0.003, 0.005], "title": "007", "baseline": "after",
+                   "confidence_level": 0.9, "rng": 7}
+    assert report.parse_sets(["margin=none"]) == {"margin": None}
+    with pytest.raises(ValueError, match="--set colour: unknown parameter; valid names are: results, out"):
+        report.parse_sets(["colour=red"])
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        report.parse_sets(["metric"])
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"baseline": "sideways"}, "baseline='sideways' is not a level of factor 'placement'"),
+    ({"metric": "nope"}, "metric='nope' is not a numeric column"),
+    ({"factor": "seed"}, "factor='seed' is not a grid factor"),
+    ({"confidence_level": 95}, "confidence_level must be in the open interval"),
+    ({"confidence_level": True}, "confidence_level must be a real number"),
+    ({"p_adjust": "fdr"}, "p_adjust must be one of"),
+    ({"margin": -1}, "margin must be a finite number > 0"),
+    ({"colour": "red"}, "unknown report parameter"),
+    ({"out": "x"}, "--set out: give the sweep directory and the output folder as arguments"),
+])
+def test_render_refuses_bad_parameters_before_running(report_sweep, tmp_path, params, match):
+    with pytest.raises(ValueError, match=match):
+        report.render(report_sweep, tmp_path / "r", parameters=params)
+    assert not (tmp_path / "r").exists()
+
+
+def test_render_refuses_to_write_into_the_sweep(report_sweep):
+    with pytest.raises(ValueError, match="is a sweep directory"):
+        report.render(report_sweep, report_sweep)
+
+
+def test_render_of_a_missing_sweep_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a bnstats sweep"):
+        report.render(tmp_path / "nothing")
+
+
+# --- pieces ----------------------------------------------------------------------------------------
+
+
+ROW = {"factor": "placement", "metric": "test_acc", "arm": "after", "baseline": "before", "arch": "mlp",
+       "activation": "relu", "n": 30, "estimate": 0.0042, "ci_low": 0.0021, "ci_high": 0.0063, "t": 4.1, "df": 29.0,
+       "p": 0.0003, "p_adj": 0.0012, "p_adjust_method": "holm", "d_z": 0.75, "confidence_level": 0.95}
+
+
+def test_cite_sentence():
+    assert report.cite_sentence(ROW, by=["arch", "activation"]) == (
+        "With arch = mlp, activation = relu, BN after the activation (vs. BN before the activation) changed test "
+        "accuracy by +0.42 pp (95% CI 0.21 to 0.63; paired t(29) = 4.10, p = 0.00030, Holm-adjusted p = 0.0012; "
+        "d_z = 0.75; 30 seeds).")
+
+
+def test_cite_sentence_negative_tiny_p_other_factor_and_loss():
+    row = {**ROW, "factor": "norm", "metric": "test_loss", "arm": "layer", "baseline": "batch", "estimate": -0.0123,
+           "ci_low": -0.02, "ci_high": -0.0046, "t": -7.25, "p": 3e-8, "p_adj": 1e-7, "p_adjust_method": "bh",
+           "d_z": -1.3, "confidence_level": 0.9}
+    assert report.cite_sentence(row) == (
+        "Norm = layer (vs. norm = batch) changed test loss by \u22120.0123 (90% CI \u22120.0200 to \u22120.0046; "
+        "paired t(29) = \u22127.25, p < 0.0001, BH-adjusted p < 0.0001; d_z = \u22121.30; 30 seeds).")
+
+
+def test_cite_sentence_when_every_difference_is_equal():
+    row = {**ROW, "estimate": 0.01, "ci_low": 0.01, "ci_high": 0.01, "t": math.inf, "p": 0.0, "p_adj": 0.0,
+           "d_z": math.inf, "n": 5}
+    s = report.cite_sentence(row)
+    assert s.startswith("BN after the activation (vs. BN before the activation) changed test accuracy by +1.00 pp")
+    assert "all 5 differences equal; no t statistic, p < 0.0001" in s and "5 seeds" in s
+
+
+@pytest.mark.parametrize(("p", "text"), [(0.75, "0.75"), (0.05, "0.050"), (0.032, "0.032"), (0.00031, "0.00031"),
+                                         (1.0, "1.00"), (1e-5, "< 0.0001"), (0.0, "< 0.0001"), (float("nan"), "n/a")])
+def test_fmt_p(p, text):
+    assert report.fmt_p(p) == text
+
+
+def test_num_uses_a_real_minus_and_drops_the_sign_of_zero():
+    assert report.num(-1.234, 2) == "\u22121.23"
+    assert report.num(1.234, 2, sign=True) == "+1.23"
+    assert report.num(-0.001, 2) == "0.00"
+    assert report.num(-1.5, 1, style="tex") == "$-$1.5"
+    assert report.num(float("nan")) == "n/a"
+    assert report.ci(-0.5, 0.25) == "\u22120.50 to 0.25"
+
+
+def test_split_caveats_keeps_caveats_that_contain_a_semicolon():
+    text = ("n=10 < 15: the BCa interval under-covers (about 83% at n=5, 90% at n=10 for a nominal 95%); "
+            "the paired t interval is primary; Wilcoxon: 1 zero difference(s) dropped (zero_method='wilcox'); "
+            "n used = 9; 2 pair(s) include a diverged run; their test_acc is kept as recorded (diverged='keep')")
+    assert report.split_caveats(text) == [
+        "n=10 < 15: the BCa interval under-covers (about 83% at n=5, 90% at n=10 for a nominal 95%); "
+        "the paired t interval is primary",
+        "Wilcoxon: 1 zero difference(s) dropped (zero_method='wilcox'); n used = 9",
+        "2 pair(s) include a diverged run; their test_acc is kept as recorded (diverged='keep')"]
+    assert report.split_caveats("") == []
+
+
+def test_stats_caveats_still_read_as_split_caveats_expects():
+    """If bnstats.stats rewords a caveat that contains "; ", split_caveats must learn the new words."""
+    a = np.array([0.90, 0.91, 0.92, 0.93, 0.94, 0.95])
+    b = a + np.array([0.0, 0.01, 0.02, -0.01, 0.03, 0.01])
+    cav = stats.paired(a, b).caveats
+    for c in cav:
+        assert report.split_caveats(c) == [c], c
+
+
+def test_pairing_certificate_names_the_seed_that_breaks_it(report_sweep):
+    runs = store.load(report_sweep).runs
+    cert = report.pairing_certificate(runs, "placement")
+    assert cert["ok"].all() and len(cert) == 4 * 2
+    bad = runs.copy()
+    bad.loc[(bad["seed"] == 2) & (bad["placement"] == "after") & (bad["arch"] == "mlp"), "init_hash"] = "0" * 16
+    cert = report.pairing_certificate(bad, "placement", factors=["arch", "placement"])
+    assert sorted(cert.loc[~cert["ok"], "seed"]) == [2]
+
+
+def test_store_hash_ignores_row_and_column_order_but_not_content(report_sweep):
+    runs = store.load(report_sweep).runs
+    h = report.store_hash(runs)
+    assert report.store_hash(runs.sample(frac=1, random_state=1)[runs.columns[::-1]]) == h
+    changed = runs.copy()
+    changed.loc[0, "test_acc"] = np.nextafter(changed.loc[0, "test_acc"], 1)
+    assert report.store_hash(changed) != h
+
+
+def test_diverged_runs_are_dropped_counted_and_named(report_sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(report_sweep, copy)
+    store.Store(copy).compact()
+    path = copy / "tables" / "runs.parquet"
+    df = pd.read_parquet(path)
+    hit = (df["seed"] == 1) & (df["arch"] == "cnn") & (df["placement"] == "after")
+    df.loc[hit, ["diverged", "test_acc"]] = [True, np.nan]
+    df.to_parquet(path, index=False)
+    rep = report.Report(copy, tmp_path / "out")
+    cmp = stats.compare(rep.runs, diverged="drop_pair")
+    desc = stats.describe(rep.runs)
+    text = rep.caveats_block(cmp, desc, report.pairing_certificate(rep.runs, "placement"))._repr_html_()
+    assert "1 diverged run(s), dropped with their pair from the comparison (diverged=&#x27;drop_pair&#x27;): cnn, after: 1" in text
+    assert "1 pair(s) with a diverged run dropped" in text
+    assert cmp.loc[(cmp["arch"] == "cnn") & (cmp["arm"] == "after"), "n"].item() == 3
