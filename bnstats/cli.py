@@ -171,8 +171,8 @@ def _add_stats_parsers(sub) -> None:
     pl.set_defaults(func=_plan)
 
     r = sub.add_parser("report", help="render the HTML + PDF report of a sweep (papermill notebook)")
-    r.add_argument("dir", metavar="SWEEP_DIR", nargs="?", default="data/sweeps/placement-mnist1d",
-                   help="sweep directory (default: data/sweeps/placement-mnist1d)")
+    r.add_argument("dir", metavar="SWEEP_DIR", nargs="?", default="data/reference/placement-mnist1d",
+                   help="sweep directory (default: the shipped reference study, data/reference/placement-mnist1d)")
     r.add_argument("--out", help="output folder (default: SWEEP_DIR/report)")
     r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a notebook parameter (metric, factor, baseline, confidence_level, margin, p_adjust, "

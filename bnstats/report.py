@@ -54,7 +54,7 @@ import pandas as pd
 from . import __version__
 from .stats._results import DEFAULT_SEED
 
-DEFAULT_RESULTS = "data/sweeps/placement-mnist1d"
+DEFAULT_RESULTS = "data/reference/placement-mnist1d"  # the shipped 30-seed reference study
 NOTEBOOK = "report.ipynb"
 
 #: The notebook's parameters (its ``parameters`` cell), with their defaults. ``out`` empty means
