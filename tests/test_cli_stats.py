@@ -109,9 +109,9 @@ def test_report_of_a_missing_sweep_exits_2(tmp_path, capsys):
     assert rc == 2 and "not a bnstats sweep" in err
 
 
-def test_report_default_directory_is_the_default_sweep():
+def test_report_default_directory_is_the_shipped_reference_study():
     args = cli.build_parser().parse_args(["report"])
-    assert args.dir == "data/sweeps/placement-mnist1d" and args.out is None
+    assert args.dir == "data/reference/placement-mnist1d" and args.out is None
 
 
 def test_report_notebook_failure_is_one_line_and_keeps_the_traceback(sweep, tmp_path, capsys, monkeypatch):
