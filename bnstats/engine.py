@@ -53,7 +53,7 @@ from torch import nn
 from . import data, models
 from .config import RunConfig, derive_seed
 from .moments import MomentAccumulator, summarize_many
-from .train import RunOutput, SiteRecorder, device_name, lr_factor, make_optimizer, train, versions
+from .train import RunOutput, SiteRecorder, device_name, make_optimisation, train, versions
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -425,14 +425,7 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
     augment = run0.data.augment and dd.is_image
 
     n_train = len(dd.x_train)
-    steps_per_epoch = n_train // tc.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"train.batch_size: {tc.batch_size} exceeds the {n_train} training examples")
-    total_steps = steps_per_epoch * tc.epochs
-    opt = make_optimizer(model, tc)
-    warmup = round(tc.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=tc.schedule))
+    steps_per_epoch, opt, sched = make_optimisation(model, tc, n_train)
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" and device.type == "cuda"
                 else contextlib.nullcontext())

@@ -37,7 +37,6 @@ import multiprocessing
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import tomllib
@@ -53,6 +52,7 @@ import pandas as pd
 
 from . import __version__
 from .stats._results import DEFAULT_SEED
+from .store import git_commit
 
 DEFAULT_RESULTS = "data/reference/placement-mnist1d"  # the shipped 30-seed reference study
 NOTEBOOK = "report.ipynb"
@@ -349,19 +349,6 @@ def store_hash(runs: pd.DataFrame) -> str:
     recs = [{k: (repr(v) if isinstance(v, float) else _plain(v)) for k, v in r.items()}
             for r in df.to_dict("records")]
     return hashlib.sha256(json.dumps(recs, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def git_commit() -> str:
-    """The commit of the bnstats source tree (``-dirty`` with uncommitted changes), "" outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return sha + ("-dirty" if dirty else "")
 
 
 REPORT_PACKAGES = ("numpy", "scipy", "statsmodels", "pandas", "pyarrow", "matplotlib", "seaborn",

@@ -47,6 +47,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 import traceback
 import uuid
@@ -372,6 +373,19 @@ class Store:
                     os.rename(u, trash / u.name)
             shutil.rmtree(trash, ignore_errors=True)
             return len(merged)
+
+
+def git_commit() -> str:
+    """The commit of the bnstats source tree, with ``-dirty`` for uncommitted changes ("" if not git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return sha + ("-dirty" if dirty else "")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -10,7 +10,6 @@ the others. A worker or job that dies leaves its runs missing: the next launch t
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ from .launch import (  # noqa: F401 - re-exported: sweep.InlineExecutor etc. are
     submit_all,
     submitit_executor,
 )
-from .store import Store
+from .store import Store, git_commit
 
 
 @dataclass(frozen=True)
@@ -83,19 +82,6 @@ def check_device_name(device: str) -> str:
             device.startswith("cuda:") and device[5:].isdigit()):
         raise ConfigError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return device
-
-
-def git_commit() -> str:
-    """The commit of the bnstats source tree, with ``-dirty`` for uncommitted changes ("" if not git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return sha + ("-dirty" if dirty else "")
 
 
 def execute_task(task: Task) -> list[dict[str, Any]]:

@@ -59,6 +59,20 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     return opt(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
 
 
+def make_optimisation(model: torch.nn.Module, cfg, n_train: int
+                      ) -> tuple[int, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Steps per epoch (last partial batch dropped), the optimizer and its per-step lr schedule."""
+    steps_per_epoch = n_train // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"train.batch_size: {cfg.batch_size} exceeds the {n_train} training examples")
+    total_steps = steps_per_epoch * cfg.epochs
+    opt = make_optimizer(model, cfg)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=cfg.schedule))
+    return steps_per_epoch, opt, sched
+
+
 class SiteRecorder:
     """Collects the site tensors of forward passes; :meth:`rows` turns them into moment rows.
 
@@ -176,14 +190,7 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
 
     # --- optimisation ----------------------------------------------------------------------------
     n_train = len(dd.x_train)
-    steps_per_epoch = n_train // tc.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"train.batch_size: {tc.batch_size} exceeds the {n_train} training examples")
-    total_steps = steps_per_epoch * tc.epochs
-    opt = make_optimizer(model, tc)
-    warmup = round(tc.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=tc.schedule))
+    steps_per_epoch, opt, sched = make_optimisation(model, tc, n_train)
 
     probe_x = dd.x_test[: mc.probe_size]
     moments: list[dict[str, Any]] = []

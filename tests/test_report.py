@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import textwrap
 from pathlib import Path
 
 import nbformat
@@ -19,6 +18,7 @@ import pytest
 
 from bnstats import cli, config, report, stats, store
 from bnstats.sweep import InlineExecutor, run_sweep
+from tests.conftest import tiny_toml
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -27,25 +27,7 @@ _SWEEPS: dict[str, Path] = {}
 
 
 def _toml(data_root: Path) -> str:
-    return textwrap.dedent(f"""
-        name = "report-tiny"
-        dataset = "mnist1d"
-        seeds = 4
-        [data]
-        root = "{data_root}"
-        [model]
-        width = 16
-        [train]
-        epochs = 2
-        batch_size = 256
-        lr = 0.05
-        [grid]
-        arch = ["mlp", "cnn"]
-        placement = ["before", "after", "none"]
-        [moments]
-        every = 5
-        probe_size = 128
-        """)
+    return tiny_toml(data_root, name="report-tiny", seeds=4, epochs=2)
 
 
 def report_sweep_dir(tmp_path_factory, data_root) -> Path:
