@@ -8,7 +8,8 @@ medians taken, because the machines we share are noisy; every ratio comes from o
   ``.item()`` for the metrics, evaluation every epoch; seeds one after another.
 - ``stack``: :func:`bnstats.engine.train_stack`, all seeds of the arm in one stacked model, moments
   as configured (every 10 steps); ``stack_mom_off`` / ``stack_mom_1``: moments off / every step.
-- ``single``: :func:`bnstats.train.train` per seed (moments every 10 steps); ``single_mom_off``.
+- ``single``: :func:`bnstats.train.train` per seed (moments every 10 steps); ``single_mom_off`` /
+  ``single_mom_1``: moments off / every step (issue 3's cost of moments is measured on this loop).
 - ``sweep_w1`` / ``sweep_w2``: wall time of :func:`bnstats.sweep.run_sweep` of a reduced default
   sweep with 1 and 2 local workers.
 - on CUDA (``--gpu``): the 2-D CNN cases of issue 6 (widths 16/32/64 and 64/128/256, batch 512,
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("loader", "stack", "stack_mom_off", "stack_mom_1", "single", "single_mom_off")
+CASES = ("loader", "stack", "stack_mom_off", "stack_mom_1", "single", "single_mom_off", "single_mom_1")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         n = len(data.load(cfg.dataset, case["data_root"]).x_train)
         return {"wall_s": wall, "run_epochs": len(runs) * case["epochs"],
                 "images": len(runs) * case["epochs"] * n, "maxrss_mb": _maxrss_mb()}
-    moments = {"stack_mom_off": "off", "single_mom_off": "off", "stack_mom_1": "1"}.get(kind, "10")
+    moments = {"stack_mom_off": "off", "single_mom_off": "off", "stack_mom_1": "1", "single_mom_1": "1"}.get(kind, "10")
     runs = arm_runs(case["arch"], seeds=case["seeds"], epochs=case["epochs"], data_root=case["data_root"],
                     moments=moments)
     ds = data.load(runs[0].dataset, runs[0].data.root)
@@ -303,6 +304,7 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for label, rs in by.items():
         wall = statistics.median(r["wall_s"] for r in rs)
         out[label] = {"wall_s_median": wall, "wall_s_all": [r["wall_s"] for r in rs],
+                      "wall_s_by_rep": {r["rep"]: r["wall_s"] for r in rs if "rep" in r},
                       "images_per_s": rs[0]["images"] / wall,
                       "s_per_1000_run_epochs": wall / rs[0]["run_epochs"] * 1000,
                       "maxrss_mb": max(r["maxrss_mb"] for r in rs), "reps": len(rs),
@@ -311,8 +313,14 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def ratios(summary: dict[str, dict[str, Any]], archs: list[str]) -> dict[str, float]:
-    """Throughput ratios (>1: the first is faster), from medians of one invocation."""
+    """Throughput ratios (>1: the first is faster) from one invocation: the median over repetitions of
+    the ratio within each repetition (cases of a repetition run back to back, so a machine whose speed
+    drifts moves both), or the ratio of medians where repetitions are not labelled."""
     def r(a: str, b: str) -> float:
+        ra, rb = summary[a].get("wall_s_by_rep", {}), summary[b].get("wall_s_by_rep", {})
+        common = sorted(set(ra) & set(rb))
+        if common:
+            return statistics.median(rb[k] / ra[k] for k in common)
         return summary[b]["wall_s_median"] / summary[a]["wall_s_median"]
 
     out: dict[str, float] = {}
@@ -330,6 +338,8 @@ def ratios(summary: dict[str, dict[str, Any]], archs: list[str]) -> dict[str, fl
             out[f"{arch}: stack moments every step / off"] = r(pre + "stack_mom_1", pre + "stack_mom_off")
         if pre + "single" in summary and pre + "single_mom_off" in summary:
             out[f"{arch}: single moments every 10 / off"] = r(pre + "single", pre + "single_mom_off")
+        if pre + "single_mom_1" in summary and pre + "single_mom_off" in summary:
+            out[f"{arch}: single moments every step / off"] = r(pre + "single_mom_1", pre + "single_mom_off")
     both = [a for a in archs if f"{a}/stack" in summary and f"{a}/loader" in summary]
     if len(both) > 1:  # the default sweep has as many mlp as cnn cells: the sweep's ratio is of the sums
         out["default sweep (sum over archs): stack / loader"] = (

@@ -52,7 +52,6 @@ from torch import nn
 
 from . import data, models
 from .config import RunConfig, derive_seed
-from .moments import MomentAccumulator, summarize_many
 from .train import RunOutput, SiteRecorder, device_name, make_optimisation, train, versions
 
 PRECISIONS = ("fp32", "bf16")
@@ -242,57 +241,29 @@ def unstack_state(stacked: StackedNet, seed_index: int, like: models.Net) -> dic
 
 
 class StackRecorder(SiteRecorder):
-    """:class:`train.SiteRecorder` for packed sites: keeps ``[S, N, C, ...]`` views, rows per seed."""
+    """:class:`train.SiteRecorder` for packed sites: reduces ``[S, N, C, ...]`` views, rows per seed."""
+
+    channel_dim = 2  # [S, N, C, ...]: one group per seed
 
     def __init__(self, seeds: int) -> None:
         super().__init__()
         self.seeds = seeds
-        self._last_packed: torch.Tensor | None = None
 
-    def start(self, **keys: Any) -> StackRecorder:
-        super().start(**keys)
-        self._last_packed = None
-        return self
-
-    def __call__(self, layer: int, site: str, x: torch.Tensor) -> None:
-        keys = {**self.keys, "layer": layer, "site": site}
-        if self._last_packed is not None and x is self._last_packed:  # an alias: one slot, two sites
-            self.items.append((keys, self.items[-1][1]))
-            return
-        n, sc = x.shape[:2]
-        view = x.detach().view(n, self.seeds, sc // self.seeds, *x.shape[2:]).transpose(0, 1)
-        self.items.append((keys, view))
-        self._last_packed = x
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        n, sc = x.shape[:2]  # seeds packed along the channels, seed-major
+        return x.view(n, self.seeds, sc // self.seeds, *x.shape[2:]).transpose(0, 1)
 
     def rows_per_seed(self, per_channel: bool) -> list[tuple[list[dict], list[dict]]]:
         """For each seed, its (summary rows, per-channel rows), in the order train.train writes them."""
         s = self.seeds
-        groups: dict[tuple, list[torch.Tensor]] = {}
-        seen: dict[int, int] = {}
-        slots: list[tuple[tuple, int]] = []
-        for _, t in self.items:
-            g = (tuple(t.shape), t.dtype, t.device)
-            if id(t) not in seen:
-                seen[id(t)] = len(groups.setdefault(g, []))
-                groups[g].append(t)
-            slots.append((g, seen[id(t)]))
-        labels = [keys for keys, _ in self.items]
-        self.items = []
+        labels, _, summaries, results = self._reduced(per_channel)
         out: list[tuple[list[dict], list[dict]]] = [([], []) for _ in range(s)]
-        if not groups:
-            return out
-        order = list(groups)
-        # [K, S, N, C, ...]: channel axis 3, group axes (K, S) kept -> results [K, S, C]
-        accs = [MomentAccumulator(channel_dim=3).update(torch.stack(groups[g])) for g in order]
-        summaries = dict(zip(order, summarize_many(accs), strict=True))  # one host transfer
-        results = ({g: {k: v.cpu().numpy() for k, v in acc.result().items()}
-                    for g, acc in zip(order, accs, strict=True)} if per_channel else {})
-        for keys, (g, i) in zip(labels, slots, strict=True):
-            summ = summaries[g]
+        for keys, a, i in labels:  # accumulator a holds [K, S, C]: tensor i, seed
+            summ = summaries[a]
             for seed in range(s):
                 out[seed][0].append({**keys, **{k: v[i * s + seed] for k, v in summ.items()}})
-                if per_channel:
-                    res = results[g]
+                if results is not None:
+                    res = results[a]
                     out[seed][1].extend(
                         {**keys, "channel": c, **{k: float(v[i, seed, c]) for k, v in res.items()}}
                         for c in range(res["mean"].shape[-1]))
@@ -432,6 +403,7 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
     forward = torch.compile(model) if compile else model
 
     probe_x = dd.x_test[: mc.probe_size]
+    probe_in_eval = mc.probe_size <= tc.eval_batch_size or len(dd.x_test) <= tc.eval_batch_size  # as train.train
     moments: list[list[dict]] = [[] for _ in runs]
     moments_channel: list[list[dict]] = [[] for _ in runs]
     curves: list[list[dict]] = [[] for _ in runs]
@@ -439,7 +411,7 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
 
     def probe(epoch: int, step: int) -> None:
         model.eval()
-        with torch.no_grad(), autocast, models.record(model, rec.start(epoch=epoch, step=step, source="probe")):
+        with torch.no_grad(), autocast, rec.recording(model, epoch=epoch, step=step, source="probe"):
             model(probe_x, shared=True)
 
     def flush_moments() -> None:
@@ -485,7 +457,7 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
             xb = xb.flatten(1, 2)                            # packed [B, S*C, ...]
             with autocast:
                 if mc.enabled and mc.every and step % mc.every == 0:
-                    with models.record(model, rec.start(epoch=epoch, step=step, source="train")):
+                    with rec.recording(model, epoch=epoch, step=step, source="train"):
                         out = model(xb)
                 else:
                     out = forward(xb)
@@ -504,8 +476,12 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
             step += 1
 
         # --- once per epoch: evaluate, probe, one host read ---------------------------------------
-        t_loss, t_acc = evaluate_stack(model, dd.x_test, dd.y_test, tc.eval_batch_size, autocast)
+        fused = mc.enabled and probe_in_eval
+        t_loss, t_acc = evaluate_stack(model, dd.x_test, dd.y_test, tc.eval_batch_size, autocast, first_batch=(
+            rec.recording(model, rows=mc.probe_size, epoch=epoch, step=step, source="probe") if fused else None))
         if mc.enabled:
+            if not fused:
+                probe(epoch, step)
             per_seed = rec.rows_per_seed(mc.per_channel)
         host = torch.cat([first_bad.double(), loss_sum, correct.double(), t_loss, t_acc]).cpu().tolist()
         bad, l_sum, corr, tl, ta = (host[k * S:(k + 1) * S] for k in range(5))
@@ -531,13 +507,6 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
                         "test_acc": test_acc}
         if all(stopped):
             break
-        if mc.enabled:
-            probe(epoch, step)
-    if mc.enabled:  # the last probe; rows of seeds that stopped earlier are dropped
-        for i, (rows, ch) in enumerate(rec.rows_per_seed(mc.per_channel)):
-            if not stopped[i]:
-                moments[i].extend(rows)
-                moments_channel[i].extend(ch)
 
     data_hash = data.fingerprint(ds)
     wall = time.perf_counter() - t_start
@@ -571,14 +540,18 @@ def _hostname() -> str:
 
 @torch.no_grad()
 def evaluate_stack(model: StackedNet, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                   autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-seed mean cross-entropy and accuracy on a shared ``x, y``: two float64 ``[S]`` device tensors."""
+                   autocast: Any = None, first_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-seed mean cross-entropy and accuracy on a shared ``x, y``: two float64 ``[S]`` device tensors.
+
+    ``first_batch``: entered around the first batch's forward pass (the probe, as in ``train.evaluate``).
+    """
     model.eval()
     S = model.seeds
     loss = torch.zeros(S, dtype=torch.float64, device=x.device)
     correct = torch.zeros(S, dtype=torch.int64, device=x.device)
     for i in range(0, len(x), batch_size):
-        with autocast or contextlib.nullcontext():
+        probe = first_batch if i == 0 and first_batch is not None else contextlib.nullcontext()
+        with autocast or contextlib.nullcontext(), probe:
             out = model(x[i:i + batch_size], shared=True)       # [n, S, K]
         yb = y[i:i + batch_size]
         n, _, K = out.shape

@@ -5,17 +5,20 @@ Everything random comes from generators derived from the run's seed (``config.de
 ``dropout``. Arms of one seed therefore share weights, batches and augmentation; only the
 architecture differs. Nothing reads or sets global RNG state.
 
-Inside the loop nothing leaves the device: losses, accuracies, divergence and moments are reduced
-on the device and read once per epoch.
+Inside the loop nothing leaves the device: losses, accuracies and divergence are reduced on the
+device and read once per epoch; moments are reduced on the device to per-channel sums and read when
+the run ends (or when they grow large, see ``MOMENT_STATE_BYTES``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import platform
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,82 +76,126 @@ def make_optimisation(model: torch.nn.Module, cfg, n_train: int
     return steps_per_epoch, opt, sched
 
 
+# Recorded site tensors are reduced to moment sums once they hold this many bytes (and before rows
+# are made): small models batch several passes into a few large ops (each op costs ~5 us whatever its
+# size), large ones reduce every pass or two, from the last-level cache rather than from memory, and
+# no run holds more than this in activations.
+REDUCE_BYTES = 4 * 2**20
+
+
+# Moment sums are turned into rows (one summary pass for all of them) at the end of the run, or
+# earlier at an epoch end once they hold this much: a long run of a large model would otherwise keep
+# a [tensors, channels] float64 state for every recorded step.
+MOMENT_STATE_BYTES = 64 * 2**20
+
+
 class SiteRecorder:
     """Collects the site tensors of forward passes; :meth:`rows` turns them into moment rows.
 
-    Tensors are kept (not copied: nothing modifies activations in place) until :meth:`rows`, which
-    stacks all tensors of one shape and computes their moments in one grouped update, so the cost
-    per recorded step is a few kernel launches, not a few per site. When a block hands over the same
-    tensor for two sites (``before``: ``norm_out`` is ``act_in``; ``after``: ``act_out`` is ``norm_in``)
-    it is kept once and reported for both.
+    Use :meth:`recording` around a forward pass. Recorded tensors are reduced to per-channel moment
+    sums, all tensors of one shape in one grouped update, once they reach ``REDUCE_BYTES`` and at
+    :meth:`rows`, then dropped; only ``[tensors, C]`` float64 sums stay until :meth:`rows` summarises
+    everything with one host transfer. When a block hands over the same tensor for two sites
+    (``before``: ``norm_out`` is ``act_in``; ``after``: ``act_out`` is ``norm_in``) it is reduced once
+    and reported for both.
     """
 
-    def __init__(self) -> None:
-        self.items: list[tuple[dict[str, Any], torch.Tensor]] = []
-        self.keys: dict[str, Any] = {}
-        self._last: torch.Tensor | None = None
-        self.nbytes = 0  # of the kept tensors: the loop flushes early past MOMENT_STASH_BYTES
+    channel_dim = 1  # of the site tensors: [N, C, ...]
 
-    def start(self, **keys: Any) -> SiteRecorder:
-        """Begin a forward pass whose sites are labelled with ``keys`` (epoch, step, source)."""
-        self.keys, self._last = keys, None
+    def __init__(self) -> None:
+        self.items: list[tuple[dict[str, Any], torch.Tensor]] = []  # recorded, not yet reduced
+        self.nbytes = 0  # of self.items
+        self.keys: dict[str, Any] = {}
+        self._rows: int | None = None
+        self._last: torch.Tensor | None = None
+        self._accs: list[MomentAccumulator] = []
+        self._labels: list[tuple[dict[str, Any], int, int]] = []  # keys, accumulator, index in it
+
+    def start(self, *, rows: int | None = None, **keys: Any) -> SiteRecorder:
+        """Begin a forward pass whose sites are labelled with ``keys`` (epoch, step, source).
+
+        ``rows``: record only the first ``rows`` inputs of the batch (the probe inside an evaluation batch).
+        """
+        self.keys, self._rows, self._last = keys, rows, None
         return self
+
+    @contextlib.contextmanager
+    def recording(self, model: torch.nn.Module, *, rows: int | None = None, **keys: Any) -> Iterator[None]:
+        """Record the sites of the forward pass run inside the block (see :meth:`start`)."""
+        with models.record(model, self.start(rows=rows, **keys)):
+            yield
+        if self.nbytes >= REDUCE_BYTES:
+            self.reduce()
 
     def __call__(self, layer: int, site: str, x: torch.Tensor) -> None:
         keys = {**self.keys, "layer": layer, "site": site}
         if self._last is not None and x is self._last:
             self.items.append((keys, self.items[-1][1]))
             return
-        self.items.append((keys, x.detach()))
+        t = x.detach() if self._rows is None else x.detach()[: self._rows]
+        self.items.append((keys, self._view(t)))
         self._last = x
-        self.nbytes += x.numel() * x.element_size()
+        self.nbytes += t.numel() * t.element_size()
+
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def reduce(self) -> None:
+        """Reduce the tensors recorded so far to moment sums and let them go."""
+        members: dict[tuple, list[torch.Tensor]] = {}  # (shape, dtype, device) -> its tensors
+        seen: dict[int, tuple[int, int]] = {}  # id(tensor) -> (group, index in it): aliases share it
+        for keys, t in self.items:
+            if id(t) not in seen:
+                g = (tuple(t.shape), t.dtype, t.device)
+                group = members.setdefault(g, [])
+                seen[id(t)] = (list(members).index(g), len(group))
+                group.append(t)
+            a, i = seen[id(t)]
+            self._labels.append((keys, len(self._accs) + a, i))
+        self._accs += [MomentAccumulator.from_tensors(ts, channel_dim=self.channel_dim) for ts in members.values()]
+        self.items, self._last, self.nbytes = [], None, 0
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes held: site tensors not yet reduced and the moment sums of those that were."""
+        return self.nbytes + sum(6 * 8 * math.prod(a.shape) for a in self._accs if a.shape is not None)
+
+    def _reduced(self, per_channel: bool) -> tuple[list, list, list[dict], list[dict] | None]:
+        """Labels, accumulators, their summaries (one host transfer) and per-channel results; then forget."""
+        self.reduce()
+        labels, accs = self._labels, self._accs
+        self._labels, self._accs = [], []
+        summaries = summarize_many(accs) if accs else []
+        results = [{k: v.cpu().numpy() for k, v in a.result().items()} for a in accs] if per_channel else None
+        return labels, accs, summaries, results
 
     def rows(self, per_channel: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Summary rows (and per-channel rows) of everything recorded, then forget it."""
-        groups: dict[tuple, list[tuple[dict[str, Any], torch.Tensor]]] = {}
-        seen: dict[int, int] = {}  # id(tensor) -> index into its group (aliases share one slot)
-        slots: list[tuple[tuple, int]] = []
-        for keys, t in self.items:
-            g = (tuple(t.shape), t.dtype, t.device)
-            if id(t) not in seen:
-                seen[id(t)] = len(groups.setdefault(g, []))
-                groups[g].append((keys, t))
-            slots.append((g, seen[id(t)]))
-        order = list(groups)
-        accs = [MomentAccumulator(channel_dim=2).update(torch.stack([t for _, t in groups[g]])) for g in order]
-        labels = [keys for keys, _ in self.items]
-        self.items, self.nbytes = [], 0
-        if not accs:
-            return [], []
-        summaries = dict(zip(order, summarize_many(accs), strict=True))  # one host transfer
-        rows = [{**keys, **{k: v[i] for k, v in summaries[g].items()}}
-                for keys, (g, i) in zip(labels, slots, strict=True)]
+        labels, _, summaries, results = self._reduced(per_channel)
+        rows = [{**keys, **{k: v[i] for k, v in summaries[a].items()}} for keys, a, i in labels]
         channel_rows: list[dict[str, Any]] = []
-        if per_channel:
-            results = {g: {k: v.cpu().numpy() for k, v in acc.result().items()}
-                       for g, acc in zip(order, accs, strict=True)}
-            for keys, (g, i) in zip(labels, slots, strict=True):
-                res = results[g]
+        if results is not None:
+            for keys, a, i in labels:
+                res = results[a]
                 channel_rows += [{**keys, "channel": c, **{k: float(v[i, c]) for k, v in res.items()}}
                                  for c in range(res["mean"].shape[-1])]
         return rows, channel_rows
 
 
-# Site tensors kept before their moments are computed. Small models (MNIST-1D) never reach it and
-# flush once per epoch; large conv nets flush as they go (one host read per flush) instead of holding
-# an epoch of activations (a VGG on CIFAR-10 would need >10 GB).
-MOMENT_STASH_BYTES = 256 * 2**20
-
-
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy and accuracy (fraction) on ``x, y``, as device scalars."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             first_batch: contextlib.AbstractContextManager | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy (fraction) on ``x, y``, as device scalars.
+
+    ``first_batch`` is entered around the first batch's forward pass: the probe rides on it (its
+    inputs are the first test inputs, in eval mode) instead of costing a forward pass of its own.
+    """
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size])
+        with first_batch if i == 0 and first_batch is not None else contextlib.nullcontext():
+            out = model(x[i:i + batch_size])
         loss += F.cross_entropy(out.float(), y[i:i + batch_size], reduction="sum").double()
         correct += (out.argmax(1) == y[i:i + batch_size]).sum()
     return loss / len(x), correct.double() / len(x)
@@ -193,6 +240,8 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
     steps_per_epoch, opt, sched = make_optimisation(model, tc, n_train)
 
     probe_x = dd.x_test[: mc.probe_size]
+    # The probe inputs are the first test inputs: at each epoch end they ride on evaluation's first batch.
+    probe_in_eval = mc.probe_size <= tc.eval_batch_size or len(dd.x_test) <= tc.eval_batch_size
     moments: list[dict[str, Any]] = []
     moments_channel: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
@@ -201,7 +250,7 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
 
     def probe(epoch: int, step: int) -> None:
         model.eval()
-        with torch.no_grad(), models.record(model, rec.start(epoch=epoch, step=step, source="probe")):
+        with torch.no_grad(), rec.recording(model, epoch=epoch, step=step, source="probe"):
             model(probe_x)
 
     def flush_moments() -> None:
@@ -230,10 +279,8 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
             if run.data.augment and dd.is_image:
                 xb = data.augment(xb, aug_gen, padding=run.data.crop_padding, flip=run.data.flip)
             if mc.enabled and mc.every and step % mc.every == 0:
-                with models.record(model, rec.start(epoch=epoch, step=step, source="train")):
+                with rec.recording(model, epoch=epoch, step=step, source="train"):
                     out = model(xb)
-                if rec.nbytes > MOMENT_STASH_BYTES:
-                    flush_moments()
             else:
                 out = model(xb)
             loss = F.cross_entropy(out.float(), yb, label_smoothing=tc.label_smoothing)
@@ -249,9 +296,14 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
             step += 1
 
         # --- once per epoch: evaluate, probe, then the single host read of the epoch ---------
-        t_loss, t_acc = evaluate(model, dd.x_test, dd.y_test, tc.eval_batch_size)
+        fused = mc.enabled and probe_in_eval
+        t_loss, t_acc = evaluate(model, dd.x_test, dd.y_test, tc.eval_batch_size, first_batch=(
+            rec.recording(model, rows=mc.probe_size, epoch=epoch, step=step, source="probe") if fused else None))
         if mc.enabled:
-            flush_moments()  # this epoch's training-batch moments and the probe before it
+            if not fused:
+                probe(epoch, step)
+            if rec.state_bytes > MOMENT_STATE_BYTES:
+                flush_moments()
         bad = int(first_bad)
         train_loss = float(loss_sum) / steps_per_epoch
         train_acc = float(correct) / (steps_per_epoch * tc.batch_size)
@@ -267,8 +319,6 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
                        "wall_time_s": time.perf_counter() - t_start})
         if diverged:
             break
-        if mc.enabled:
-            probe(epoch, step)
     if mc.enabled:
         flush_moments()
 

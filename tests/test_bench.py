@@ -8,17 +8,22 @@ from bnstats import bench
 from tests.conftest import REPO
 
 
-def test_ratios_and_table_from_medians():
+def test_ratios_paired_by_repetition_and_table():
     summ = bench._summary([
-        {"label": "mlp/loader", "wall_s": w, "images": 1000, "run_epochs": 10, "maxrss_mb": 300.0}
-        for w in (6.0, 7.0, 5.0)] + [
-        {"label": "mlp/stack", "wall_s": w, "images": 1000, "run_epochs": 10, "maxrss_mb": 310.0}
-        for w in (2.0, 1.0, 3.0)])
+        {"label": "mlp/loader", "wall_s": w, "images": 1000, "run_epochs": 10, "maxrss_mb": 300.0, "rep": i}
+        for i, w in enumerate((6.0, 7.0, 5.0))] + [
+        {"label": "mlp/stack", "wall_s": w, "images": 1000, "run_epochs": 10, "maxrss_mb": 310.0, "rep": i}
+        for i, w in enumerate((2.0, 1.0, 4.0))])
     assert summ["mlp/loader"]["wall_s_median"] == 6.0 and summ["mlp/stack"]["wall_s_median"] == 2.0
     assert summ["mlp/stack"]["s_per_1000_run_epochs"] == 200.0
     rats = bench.ratios(summ, ["mlp"])
-    assert rats == {"mlp: stack / loader": 3.0}
+    assert rats == {"mlp: stack / loader": 3.0}  # per repetition 3, 7, 1.25: the median
     assert "mlp: stack / loader" in bench.table(summ, rats)
+    for v in summ.values():  # without repetition labels: the ratio of the medians
+        del v["wall_s_by_rep"]
+    assert bench.ratios(summ, ["mlp"]) == {"mlp: stack / loader": 3.0}
+    summ["mlp/stack"]["wall_s_median"] = 1.5
+    assert bench.ratios(summ, ["mlp"]) == {"mlp: stack / loader": 4.0}
 
 
 def test_gpu_case_runs_on_cpu_at_tiny_sizes():

@@ -32,6 +32,9 @@ SHAPES = {  # spatial part of [N, C, *spatial]
     "NCHW": (3, 4),
 }
 N_BATCH = 96
+# Float64 input is reduced in float64; narrower input in float32, merged in float64 (the task's bounds:
+# 1e-10 and 1e-4; we hold float32 to 1e-6 so that a loss of precision shows long before the bound).
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-6, torch.bfloat16: 1e-6, torch.float16: 1e-6}
 CONSTANT_CHANNELS = (4, 5)  # see make_data
 
 
@@ -121,7 +124,7 @@ def test_streaming_uneven_chunks_matches_scipy(layout, dtype):
         warnings.simplefilter("error")  # a constant channel must not warn
         res = stream(x, UNEVEN_CUTS).result()
     assert res.count.dtype == torch.float64 and res.count.shape == (6,)
-    assert_result_matches(res, x64, rtol=1e-10)
+    assert_result_matches(res, x64, rtol=RTOL[dtype])
     for c in CONSTANT_CHANNELS:
         assert math.isnan(res.skew[c]) and math.isnan(res.exkurt[c])
         assert res.var[c] <= 1e-30
@@ -143,7 +146,7 @@ def test_merge_of_disjoint_halves_matches_scipy(layout, dtype):
     b = stream(x[37:], [1])
     ab = MomentAccumulator().merge(a).merge(b)
     ba = MomentAccumulator().merge(b).merge(a)
-    assert_result_matches(ab.result(), x.double().numpy(), rtol=1e-10)
+    assert_result_matches(ab.result(), x.double().numpy(), rtol=RTOL[dtype])
     r_ab, r_ba = ab.result(), ba.result()
     for k in STAT_NAMES:  # order invariance up to rounding
         torch.testing.assert_close(r_ab[k], r_ba[k], rtol=1e-12, atol=1e-12, equal_nan=True)
@@ -156,7 +159,7 @@ def test_16bit_inputs_are_accumulated_in_float64(dtype):
     x = torch.from_numpy(data).to(dtype)
     res = stream(x, [17, 50]).result()
     assert res.mean.dtype == torch.float64
-    assert_result_matches(res, x.double().numpy(), rtol=1e-10)
+    assert_result_matches(res, x.double().numpy(), rtol=RTOL[dtype])
 
 
 def test_pooled_matches_scipy_on_all_channels_flattened():
@@ -278,7 +281,7 @@ def test_grouped_layout_equals_separate_accumulators():
             torch.testing.assert_close(res[k][i], r_i[k], rtol=1e-12, atol=1e-12, equal_nan=True)
             torch.testing.assert_close(pooled[k][i], p_i[k], rtol=1e-12, atol=1e-12, equal_nan=True)
         assert_result_matches(
-            MomentResult(**{k: res[k][i] for k in STAT_NAMES}), x[i].double().numpy(), 1e-10
+            MomentResult(**{k: res[k][i] for k in STAT_NAMES}), x[i].double().numpy(), RTOL[torch.float32]
         )
     summ = summarize(grouped)
     assert set(summ) == set(SUMMARY_KEYS)
@@ -292,7 +295,7 @@ def test_grouped_layout_equals_separate_accumulators():
         .update(x[:, :20])
         .merge(MomentAccumulator(channel_dim=2).update(x[:, 20:]))
     )
-    torch.testing.assert_close(half.result().exkurt, res.exkurt, rtol=1e-10, atol=1e-10, equal_nan=True)
+    torch.testing.assert_close(half.result().exkurt, res.exkurt, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
 # --------------------------------------------------------------------------- summaries
@@ -314,9 +317,8 @@ def test_summarize_keys_nanmean_and_pooled():
     pooled_ref = reference(data.ravel())
     for k in ("mean", "var", "skew", "exkurt", "frac_zero"):
         assert summ["pooled_" + k] == pytest.approx(pooled_ref[k], rel=1e-10), k
-    assert summarize(acc.result()) == summ  # a result (with .pooled) summarizes the same
-    with pytest.raises(ValueError, match="pooled"):
-        summarize(acc.pooled())
+    with pytest.raises(TypeError, match="MomentAccumulator.*MomentResult"):
+        summarize(acc.result())
 
 
 def test_summarize_empty():
@@ -330,7 +332,26 @@ def test_summarize_many_one_host_transfer(monkeypatch):
     accs = [stream(torch.from_numpy(make_data(rng, 20 + i, (i + 1,))), [3]) for i in range(12)]
     accs.append(MomentAccumulator(channel_dim=2).update(torch.randn(2, 4, 3)))
     accs.append(MomentAccumulator())
-    expected = [summarize(a) for a in accs]
+    accs.append(MomentAccumulator().update(torch.ones(0, 3)))  # shape known, no data
+
+    def expected_summary(acc):  # from the per-channel results, with numpy: independent of summarize
+        if acc.shape is None:
+            return {k: (0 if k in ("count", "n_channels", "n_nan_channels") else math.nan) for k in SUMMARY_KEYS}
+        res, pooled = acc.result(), acc.pooled()
+        g = math.prod(acc.shape[:-1])
+        per = {k: res[k].numpy().reshape(g, -1) for k in STAT_NAMES}
+        stats = ("mean", "var", "skew", "exkurt", "frac_zero")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN
+            rows = [{"count": int(per["count"][i].max()), "n_channels": per["mean"].shape[1],
+                     "n_nan_channels": int(np.isnan(np.stack([per[k][i] for k in stats])).any(0).sum()),
+                     **{k: float(np.nanmean(per[k][i])) for k in stats},
+                     **{"pooled_" + k: float(pooled[k].reshape(-1)[i]) for k in stats}} for i in range(g)]
+        if acc.shape[:-1] == ():
+            return rows[0]
+        return {k: [r[k] for r in rows] for k in SUMMARY_KEYS}
+
+    expected = [expected_summary(a) for a in accs]
     calls = []
     real_cpu = torch.Tensor.cpu
 
@@ -340,12 +361,26 @@ def test_summarize_many_one_host_transfer(monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
     got = summarize_many(accs)
-    assert len(calls) == 1  # one transfer for all sites (all on one device here)
+    assert len(calls) <= 1  # at most one transfer for all sites of a device (none on the CPU)
     assert len(got) == len(accs)
     for g_, e in zip(got, expected, strict=True):
         assert g_.keys() == e.keys()
         for k in SUMMARY_KEYS:
-            assert g_[k] == pytest.approx(e[k], nan_ok=True), k
+            assert g_[k] == pytest.approx(e[k], rel=1e-12, abs=1e-14, nan_ok=True), k
+
+
+def test_summary_table_torch_path_equals_numpy_path():
+    # On a GPU the summary table is computed by torch on the device; here the same code runs on CPU.
+    from bnstats.moments import _summary_table
+
+    rng = np.random.default_rng(23)
+    accs = [stream(torch.from_numpy(make_data(rng, 30 + i, (2,))), [5]) for i in range(3)]
+    accs.append(MomentAccumulator(channel_dim=2).update(torch.randn(4, 9, 6, dtype=torch.float64)))
+    via_numpy = _summary_table(accs, xp=np)
+    via_torch = _summary_table(accs, xp=torch)
+    assert isinstance(via_torch, torch.Tensor) and via_torch.dtype == torch.float64
+    np.testing.assert_allclose(via_torch.numpy(), via_numpy, rtol=1e-13, atol=0, equal_nan=True)
+    assert via_numpy.shape == (3 + 4, len(SUMMARY_KEYS))
 
 
 # --------------------------------------------------------------------------- no host sync

@@ -119,20 +119,91 @@ def test_model_init_is_shared_whatever_the_activation():
     assert models.init_hash(a) == models.init_hash(b)
 
 
-def test_moments_flushed_early_under_a_memory_budget_are_the_same(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("placement", ["before", "after"])
+def test_recorded_pass_is_reduced_released_and_matches_scipy(arch, placement):
+    import gc
+    import weakref
+
+    import scipy.stats
+
+    from bnstats.train import SiteRecorder
+
+    model = models.build(config.ModelConfig(arch=arch, placement=placement), (1, 40), 10)
+    models.init_parameters(model, 0)
+    model.eval()
+    x = torch.randn(64, 1, 40, generator=torch.Generator().manual_seed(0))
+    rec = SiteRecorder()
+    copies, refs = {}, []
+
+    def spy(layer, site, t):  # what the recorder was handed, copied before the pass ends
+        copies[(layer, site)] = t.detach().double().clone()
+        refs.append(weakref.ref(t))
+        rec(layer, site, t)
+
+    with torch.no_grad(), models.record(model, spy):
+        rec.start(epoch=1, step=0, source="probe")
+        model(x)
+    rec.reduce()
+    gc.collect()
+    assert all(r() is None for r in refs)  # activations freed: only per-channel sums are kept
+    rows, _ = rec.rows(per_channel=False)
+    assert [(r["layer"], r["site"]) for r in rows] == list(copies)
+    for r in rows:
+        v = copies[(r["layer"], r["site"])]
+        cols = v.movedim(1, 0).reshape(v.shape[1], -1).numpy()  # [C, N * L]
+        live = cols.std(1) > 0  # scipy's skew of a constant channel is NaN, as ours
+        with np.errstate(all="ignore"):
+            skew = scipy.stats.skew(cols[live], axis=1, bias=True)
+            kurt = scipy.stats.kurtosis(cols[live], axis=1, fisher=True, bias=True)
+        assert r["count"] == cols.shape[1] and r["n_channels"] == cols.shape[0]
+        assert r["mean"] == pytest.approx(cols.mean(1).mean(), rel=1e-5, abs=1e-6)
+        assert r["var"] == pytest.approx(cols.var(1).mean(), rel=1e-5)
+        assert r["skew"] == pytest.approx(skew.mean(), rel=1e-4, abs=1e-5)
+        assert r["exkurt"] == pytest.approx(kurt.mean(), rel=1e-4, abs=1e-5)
+        assert r["frac_zero"] == pytest.approx((cols == 0).mean(1).mean(), rel=1e-12)
+        assert r["pooled_var"] == pytest.approx(cols.var(), rel=1e-5)
+        assert r["pooled_skew"] == pytest.approx(scipy.stats.skew(cols.ravel()), rel=1e-4, abs=1e-5)
+
+
+def test_probe_riding_on_evaluation_equals_a_probe_pass_of_its_own(data_root, tmp_path):
+    # eval batch >= probe size: the probe is evaluation's first batch; smaller: a forward pass of its own
+    from dataclasses import replace
+
+    run = _runs(data_root, tmp_path, epochs=2)[1]  # mlp, after
+    fused = train(run)
+    own = train(replace(run, train=replace(run.train, eval_batch_size=100)))
+    assert run.train.eval_batch_size >= run.moments.probe_size > 100
+
+    def probes(out):
+        return {(m["epoch"], m["layer"], m["site"]): m for m in out.moments if m["source"] == "probe"}
+
+    a, b = probes(fused), probes(own)
+    assert a.keys() == b.keys() and {k[0] for k in a} == {0, 1, 2}  # init and each epoch end
+    for k in a:
+        assert a[k]["count"] == b[k]["count"] == run.moments.probe_size  # mlp: one value per input
+        for stat in ("mean", "var", "skew", "exkurt", "frac_zero", "pooled_exkurt"):
+            assert a[k][stat] == pytest.approx(b[k][stat], rel=1e-5, abs=1e-6), (k, stat)
+    assert fused.run["test_acc"] == own.run["test_acc"]
+    assert fused.run["test_loss"] == pytest.approx(own.run["test_loss"], rel=1e-6)
+
+
+def test_moment_rows_do_not_depend_on_when_they_are_reduced_or_summarised(data_root, tmp_path, monkeypatch):
     import bnstats.train as train_mod
 
-    run = _runs(data_root, tmp_path, epochs=1)[1]
-    a = train(run)
-    monkeypatch.setattr(train_mod, "MOMENT_STASH_BYTES", 0)  # flush after every recorded step
-    b = train(run)
-    assert a.run["test_loss"] == b.run["test_loss"]
+    run = _runs(data_root, tmp_path, epochs=2)[4]  # cnn
+    late = train(run)  # defaults: tensors reduced in batches, rows made at the end of the run
+    monkeypatch.setattr(train_mod, "REDUCE_BYTES", 0)  # each pass reduced as it ends
+    monkeypatch.setattr(train_mod, "MOMENT_STATE_BYTES", 0)  # rows made at every epoch end
+    early = train(run)
+    assert late.run["test_loss"] == early.run["test_loss"]
 
     def keyed(rows):
         return {(r["epoch"], r["step"], r["source"], r["layer"], r["site"]): r for r in rows}
 
-    ka, kb = keyed(a.moments), keyed(b.moments)
-    assert ka.keys() == kb.keys() and len(ka) == len(a.moments)
-    for k in ka:
+    a, b = keyed(late.moments), keyed(early.moments)
+    assert a.keys() == b.keys() and len(a) == len(late.moments) == len(early.moments)
+    assert {k[2] for k in a} == {"train", "probe"}
+    for k in a:
         for stat in ("mean", "var", "skew", "exkurt", "frac_zero", "pooled_skew"):
-            assert ka[k][stat] == pytest.approx(kb[k][stat], rel=1e-12, abs=1e-15, nan_ok=True), (k, stat)
+            assert a[k][stat] == pytest.approx(b[k][stat], rel=1e-12, abs=1e-15, nan_ok=True), (k, stat)
