@@ -311,6 +311,26 @@ def _central_sums(parts: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return mean, m2, m3, m4, zeros
 
 
+def _split_groups(x: torch.Tensor, cd: int, what: str) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    """``[*groups, N, C, *spatial]`` (channel axis ``cd``) -> one ``[N, C, S]`` view per group, and the
+    per-channel shape ``(*groups, C)``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{what} must have a floating dtype (float16, bfloat16, float32, float64), got {x.dtype}"
+        )
+    if x.dim() <= cd:
+        raise ValueError(
+            f"{what} must have at least {cd + 1} dims ([*groups, N, C, ...] with channel_dim={cd}), "
+            f"got shape {tuple(x.shape)}"
+        )
+    groups = tuple(x.shape[: cd - 1])
+    n, c = x.shape[cd - 1], x.shape[cd]
+    xg = x.reshape(math.prod(groups), n, c, math.prod(x.shape[cd + 1 :]))  # a view for contiguous input
+    return list(xg.unbind(0)), (*groups, c)
+
+
 class MomentAccumulator:
     """Streaming per-channel moments (count, mean, M2, M3, M4, zeros) in float64 on the device.
 
@@ -408,23 +428,8 @@ class MomentAccumulator:
         Cost: about thirteen passes over ``x`` in float32 (float64 for float64 input), in cache-sized
         pieces, plus ~40 small ops on ``[*groups, C]`` tensors; no host synchronisation.
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(
-                f"x must have a floating dtype (float16, bfloat16, float32, float64), got {x.dtype}"
-            )
-        cd = self.channel_dim
-        if x.dim() <= cd:
-            raise ValueError(
-                f"x must have at least {cd + 1} dims ([*groups, N, C, ...] with channel_dim={cd}), "
-                f"got shape {tuple(x.shape)}"
-            )
-        groups = tuple(x.shape[: cd - 1])
-        n, c = x.shape[cd - 1], x.shape[cd]
-        spatial = math.prod(x.shape[cd + 1 :])
-        xg = x.reshape(math.prod(groups), n, c, spatial)  # a view for any contiguous input
-        self._add_batch(list(xg.unbind(0)), groups + (c,), x.device)
+        parts, shape = _split_groups(x, self.channel_dim, "x")
+        self._add_batch(parts, shape, x.device)
         return self
 
     @classmethod
@@ -434,30 +439,21 @@ class MomentAccumulator:
         Equals ``MomentAccumulator(channel_dim + 1).update(torch.stack(tensors))`` without
         materialising the stack (the recorder of a training loop hands over many site tensors at once).
         """
+        cls(channel_dim)  # validates channel_dim
         tensors = list(tensors)
         if not tensors:
             raise ValueError("from_tensors needs at least one tensor")
-        first = tensors[0]
-        for t in tensors:
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-                raise TypeError(f"tensors must be floating torch.Tensors, got {type(t).__name__}")
-            if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
+        parts: list[torch.Tensor] = []
+        for i, t in enumerate(tensors):
+            p, shape = _split_groups(t, channel_dim, f"tensors[{i}]")
+            if i and (t.shape != tensors[0].shape or t.dtype != tensors[0].dtype or t.device != tensors[0].device):
                 raise ValueError(
-                    f"tensors must share shape, dtype and device: {tuple(first.shape)} {first.dtype} "
-                    f"{first.device} vs {tuple(t.shape)} {t.dtype} {t.device}"
+                    f"tensors must share shape, dtype and device: tensors[0] is {tuple(tensors[0].shape)} "
+                    f"{tensors[0].dtype} {tensors[0].device}, tensors[{i}] is {tuple(t.shape)} {t.dtype} {t.device}"
                 )
+            parts += p
         acc = cls(channel_dim=channel_dim + 1)
-        if first.dim() <= channel_dim:
-            raise ValueError(
-                f"each tensor must have at least {channel_dim + 1} dims (N, C, ...), got shape "
-                f"{tuple(first.shape)}"
-            )
-        groups = tuple(first.shape[: channel_dim - 1])
-        n, c = first.shape[channel_dim - 1], first.shape[channel_dim]
-        spatial = math.prod(first.shape[channel_dim + 1 :])
-        g = math.prod(groups)
-        parts = [p for t in tensors for p in t.reshape(g, n, c, spatial).unbind(0)]
-        acc._add_batch(parts, (len(tensors),) + groups + (c,), first.device)
+        acc._add_batch(parts, (len(tensors), *shape), tensors[0].device)
         return acc
 
     def _add_batch(self, parts: list[torch.Tensor], shape: tuple[int, ...], device: torch.device) -> None:

@@ -263,6 +263,40 @@ def test_any_chunking_gives_the_same_moments(cuts, seed):
         torch.testing.assert_close(chunked[k], whole[k], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("piece", [7, 40, 2**19])  # channel slices of one group; several groups; one piece
+@pytest.mark.parametrize("layout", list(SHAPES))
+def test_pieces_of_any_size_give_the_same_moments(monkeypatch, layout, piece):
+    import bnstats.moments as mod
+
+    rng = np.random.default_rng(29)
+    data = np.stack([make_data(rng, 33, SHAPES[layout]) for _ in range(5)])  # [G, N, C, ...]
+    x = torch.from_numpy(data)
+    monkeypatch.setattr(mod, "_PIECE", piece)
+    res = MomentAccumulator(channel_dim=2).update(x).result()
+    for g in range(5):
+        assert_result_matches(MomentResult(**{k: res[k][g] for k in STAT_NAMES}), data[g], rtol=1e-10)
+    stacked = MomentAccumulator.from_tensors(list(x.unbind(0))).result()
+    for k in STAT_NAMES:
+        torch.testing.assert_close(stacked[k], res[k], rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_from_tensors_equals_update_of_the_stack_and_checks_its_input():
+    rng = np.random.default_rng(31)
+    ts = [torch.from_numpy(make_data(rng, 20, (3,))).float() for _ in range(4)]
+    a = MomentAccumulator.from_tensors(ts).result()
+    b = MomentAccumulator(channel_dim=2).update(torch.stack(ts)).result()
+    for k in STAT_NAMES:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="at least one"):
+        MomentAccumulator.from_tensors([])
+    with pytest.raises(ValueError, match=r"tensors\[1\] is \(20, 6, 2\)"):
+        MomentAccumulator.from_tensors([ts[0], ts[1][..., :2]])
+    with pytest.raises(TypeError, match=r"tensors\[1\] must have a floating dtype"):
+        MomentAccumulator.from_tensors([ts[0], ts[1].long()])
+    with pytest.raises(ValueError, match="channel_dim must be >= 1"):
+        MomentAccumulator.from_tensors(ts, channel_dim=0)
+
+
 # --------------------------------------------------------------------------- grouped layout
 def test_grouped_layout_equals_separate_accumulators():
     rng = np.random.default_rng(13)
