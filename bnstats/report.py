@@ -1008,7 +1008,8 @@ def paired_seed_figure(rep: Report):
     d = rep.disp
     runs = rep.runs
     cl = _cells(rep, runs)
-    fig, axes = _grid(len(cl), ncols_max=2 if len(cl) <= 4 else 3, panel_h=2.1)
+    ncols = 2 if len(cl) <= 6 else 3
+    fig, axes = _grid(len(cl), ncols_max=ncols, panel_h=2.1)
     for ax, (cell, sub) in zip(axes, cl, strict=True):
         arms = [a for a in rep.arms if (sub[rep.factor] == a).any()]
         wide = sub.pivot_table(index="seed", columns=rep.factor, values=rep.metric, aggfunc="first", dropna=False)
@@ -1021,7 +1022,8 @@ def paired_seed_figure(rep: Report):
             ax.scatter([x], [means[a]], s=36, color=rep.palette[a], edgecolor="black", lw=0.6, zorder=3)
         ax.set_xticks(xs, arms)
         ax.set_xlim(-0.4, len(arms) - 0.6)
-        ax.set_title(cell_label(cell))
+        # a third of the page is too narrow for "arch = cnn, activation = tanh" on one line
+        ax.set_title(cell_label(cell) if ncols == 2 else cell_label(cell).replace(", ", ",\n"))
         ax.set_xlabel(rep.factor)
         ax.set_ylabel(d.with_unit(d.label))
     from matplotlib.lines import Line2D
