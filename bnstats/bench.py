@@ -107,6 +107,8 @@ def loader_run(run, device: str = "cpu", num_workers: int = 0) -> float:
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Time one case in this process (called in a fresh subprocess by :func:`main`)."""
+    if "cpu" in case:  # --concurrent: this case has one processor to itself
+        os.sched_setaffinity(0, {case["cpu"]})
     torch.set_num_threads(case.get("threads", 1))
     from . import data, engine, sweep, train
 
@@ -150,13 +152,20 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _subprocess_case(case: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(case.get("threads", 1)), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "bnstats.bench", "--_case", json.dumps(case)],
-                          capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench case {case} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _subprocess_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run ``cases`` at the same time, each in its own subprocess (one case: the usual sequential run)."""
+    procs = []
+    for case in cases:
+        env = {**os.environ, "OMP_NUM_THREADS": str(case.get("threads", 1)), "PYTHONPATH": str(REPO)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "bnstats.bench", "--_case", json.dumps(case)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    out = []
+    for case, proc in zip(cases, procs, strict=True):
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench case {case} failed:\n{stderr[-3000:]}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -370,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-seeds", type=int, default=2, help="reduced default sweep for the workers case")
     p.add_argument("--sweep-epochs", type=int, default=2)
     p.add_argument("--no-sweep", action="store_true", help="skip the workers 1 vs 2 case")
+    p.add_argument("--concurrent", action="store_true",
+                   help="run the cases two at a time, one processor each (e.g. --cases single single_mom_off)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU cases (GPU checks and cases only)")
     p.add_argument("--gpu", action="store_true", help="also the 2-D CNN cases (CUDA; CPU with --dry-run)")
     p.add_argument("--gpu-seeds", type=int, nargs="+", default=[64])
@@ -397,12 +408,24 @@ def main(argv: list[str] | None = None) -> int:
             cases.append({"case": f"sweep_w{w}", "seeds": a.sweep_seeds, "epochs": a.sweep_epochs,
                           "data_root": a.data_root, "label": f"sweep_w{w}"})
     results = []
+    cpus = sorted(os.sched_getaffinity(0))
+    if a.concurrent and len(cpus) < 2:
+        p.error("--concurrent needs two processors")
+    if a.concurrent and not (a.no_sweep or a.no_cpu):
+        p.error("--concurrent: add --no-sweep (the workers case needs both processors)")
     for rep in range(a.reps):  # interleaved: A B C ... A B C ..., the order rotated every repetition
         k = rep % max(1, len(cases))
-        for case in cases[k:] + cases[:k]:
-            res = _subprocess_case({kk: v for kk, v in case.items() if kk != "label"})
-            results.append({**res, "label": case["label"], "rep": rep})
-            print(f"  rep {rep} {case['label']:<22} {res['wall_s']:8.2f} s", file=sys.stderr, flush=True)
+        order = cases if a.concurrent else cases[k:] + cases[:k]
+        # --concurrent: consecutive cases in pairs at the same time, one processor each, swapped every
+        # repetition, so the noise of a shared host hits both sides of a ratio alike.
+        groups = [order[i:i + 2] for i in range(0, len(order), 2)] if a.concurrent else [[c] for c in order]
+        for group in groups:
+            cpu_of = [cpus[(j + rep) % 2] for j in range(len(group))] if a.concurrent else [None] * len(group)
+            runs = [{kk: v for kk, v in c.items() if kk != "label"} | ({"cpu": cpu} if cpu is not None else {})
+                    for c, cpu in zip(group, cpu_of, strict=True)]
+            for case, res in zip(group, _subprocess_cases(runs), strict=True):
+                results.append({**res, "label": case["label"], "rep": rep})
+                print(f"  rep {rep} {case['label']:<22} {res['wall_s']:8.2f} s", file=sys.stderr, flush=True)
     summary = _summary(results)
     rats = ratios(summary, a.archs)
     doc: dict[str, Any] = {"environment": env, "args": {k: v for k, v in vars(a).items() if k != "_case"},

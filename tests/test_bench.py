@@ -1,8 +1,11 @@
 """The benchmark's pieces work on CPU (the GPU script's dry run included); no timing is asserted."""
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from bnstats import bench
 from tests.conftest import REPO
@@ -48,3 +51,25 @@ def test_gpu_check_script_dry_run(data_root, tmp_path):
     out = next(tmp_path.glob("gpu-dryrun-*.json"))
     doc = json.loads(out.read_text())
     assert all(c["ok"] for c in doc["gpu_checks"]) and len(doc["gpu"]) == 3
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two processors")
+def test_concurrent_pairs_run_on_different_processors(data_root, tmp_path, monkeypatch):
+    seen = []
+    real = bench._subprocess_cases
+
+    def spy(cases):
+        seen.append([c.get("cpu") for c in cases])
+        return real(cases)
+
+    monkeypatch.setattr(bench, "_subprocess_cases", spy)
+    out = tmp_path / "b.json"
+    assert bench.main(["--archs", "mlp", "--cases", "single", "single_mom_off", "--concurrent", "--no-sweep",
+                       "--seeds", "1", "--epochs", "1", "--reps", "2", "--data-root", str(data_root),
+                       "--out", str(out)]) == 0
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    assert seen == [cpus, cpus[::-1]]  # a pair at a time, processors swapped every repetition
+    doc = json.loads(out.read_text())
+    assert set(doc["ratios"]) == {"mlp: single moments every 10 / off"}
+    with pytest.raises(SystemExit):
+        bench.main(["--concurrent", "--dry-run", "--data-root", str(data_root), "--out", str(out)])
