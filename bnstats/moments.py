@@ -198,28 +198,23 @@ def _finish(n, mean, m2, m3, m4, zeros) -> MomentResult:
     return MomentResult(**_statistics(n, mean, m2, m3, m4, zeros))
 
 
-def _pool(state, total, expand) -> tuple[torch.Tensor, ...]:
-    """Fold the per-channel parts of ``state`` (n, mean, M2, M3, M4, zeros) into one part per group.
-
-    ``total(list)`` sums each per-channel tensor of the list over the channels of each group,
-    ``expand`` maps a per-group tensor back onto its channels. An empty channel has n = mean = M_p = 0
-    and so adds nothing.
+def _pool(state) -> tuple:
+    """Fold the per-channel parts of ``state`` (n, mean, M2, M3, M4, zeros; channels on the last axis,
+    torch tensors or numpy arrays) into one part per group. An empty channel has n = mean = M_p = 0 and
+    so adds nothing.
     """
     n_c, mean_c, m2_c, m3_c, m4_c, z_c = state
-    n, n_mean, zeros = total([n_c, n_c * mean_c, z_c])
-    mean = n_mean / n.clip(1.0)
-    d = mean_c - expand(mean)
+    n = n_c.sum(-1)
+    mean = (n_c * mean_c).sum(-1) / n.clip(1.0)
+    d = mean_c - mean[..., None]
     d2 = d * d
-    m2, m3, m4 = total([
-        m2_c + n_c * d2,
-        m3_c + 3.0 * d * m2_c + n_c * d2 * d,
-        m4_c + 4.0 * d * m3_c + 6.0 * d2 * m2_c + n_c * d2 * d2,
-    ])
-    return n, mean, m2, m3, m4, zeros
+    m2 = (m2_c + n_c * d2).sum(-1)
+    m3 = (m3_c + 3.0 * d * m2_c + n_c * d2 * d).sum(-1)
+    m4 = (m4_c + 4.0 * d * m3_c + 6.0 * d2 * m2_c + n_c * d2 * d2).sum(-1)
+    return n, mean, m2, m3, m4, z_c.sum(-1)
 
 
-# Values per piece of a batch: temporaries stay in cache and below the allocator's mmap threshold
-# (fresh pages cost more than the arithmetic: a 12 MB temporary is ~3,000 page faults).
+# Values per piece of a batch: its two buffers (see _workspace) stay in the last-level cache.
 _PIECE = 2**19
 
 
@@ -270,6 +265,16 @@ def _central_sums(parts: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         kc = max(1, _PIECE // m)
         pieces = [([p], c0, min(c, c0 + kc)) for p in parts for c0 in range(0, c, kc)]
     buf, sq = _workspace(max(len(ps) * (c1 - c0) * m for ps, c0, c1 in pieces), dtype, dev)
+
+    def total(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:  # [k, N, C, S] -> [k, C]
+        t = t.sum(1, dtype=dtype)
+        return t.squeeze(-1) if s == 1 else t.sum(-1)
+
+    def per_value(t: torch.Tensor) -> torch.Tensor:  # [k, C] -> [k, 1, C, S]
+        k, cs = t.shape
+        t = t.view(k, 1, cs, 1)  # broadcast over N only: along a short S axis it is not vectorised
+        return t if s == 1 else t.expand(k, 1, cs, s).contiguous()
+
     sums = []  # per piece: [7, k * C] = first, c2, S1..S4, zeros
     for ps, c0, c1 in pieces:
         k, cs = len(ps), c1 - c0
@@ -283,15 +288,6 @@ def _central_sums(parts: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         else:
             y[0].copy_(ps[0][:, c0:c1])
         d2 = sq[:used].view(y.shape)
-
-        def total(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:  # -> [k, C]
-            t = t.sum(1, dtype=dtype)
-            return t.squeeze(-1) if s == 1 else t.sum(-1)
-
-        def per_value(t: torch.Tensor, shape=(k, 1, cs, s)) -> torch.Tensor:  # [k, C] -> [k, 1, C, S]
-            t = t.view(*shape[:3], 1)  # broadcast over N only: along a short S axis it is not vectorised
-            return t if s == 1 else t.expand(shape).contiguous()
-
         zeros = total(torch.ne(y, 0, out=d2), count_dtype)  # nonzeros (NaN != 0)
         # Shift by a value of the channel (exact zeros for a constant channel), then by the mean of the rest.
         first = y[:, 0, :, 0].clone()
@@ -344,8 +340,8 @@ class MomentAccumulator:
     Notes
     -----
     The state is allocated on the first :meth:`update` (shape ``[*groups, C]``, float64, on the input's
-    device). ``update`` and ``merge`` never synchronise with the host. See the module docstring for the formulas and references (Chan, Golub & LeVeque 1979/1983;
-    Pébay 2008).
+    device). ``update`` and ``merge`` never synchronise with the host. See the module docstring for
+    the formulas and references (Chan, Golub & LeVeque 1979/1983; Pébay 2008).
     """
 
     __slots__ = ("channel_dim", "_n", "_mean", "_m2", "_m3", "_m4", "_zeros")
@@ -459,15 +455,13 @@ class MomentAccumulator:
     def _add_batch(self, parts: list[torch.Tensor], shape: tuple[int, ...], device: torch.device) -> None:
         """Merge one batch given as one ``[N, C, S]`` part per group (flattened ``shape[:-1]``)."""
         fresh = self._n is None
+        if not fresh:
+            self._check_compatible(shape, device, "x")
         m = parts[0].shape[0] * parts[0].shape[2]
         if m == 0 or shape[-1] == 0:  # an empty batch (a shape, not a tensor value: no sync) adds nothing
             if fresh:
                 self._allocate(shape, device)
-            else:
-                self._check_compatible(shape, device, "x")
             return
-        if not fresh:
-            self._check_compatible(shape, device, "x")
         mean_b, m2b, m3b, m4b, zeros_b = (t.view(shape) for t in _central_sums(parts))
         if fresh:  # known on the host: the batch is the state (fresh tensors, ours)
             n = torch.full(shape, float(m), dtype=_F64, device=device)
@@ -504,7 +498,7 @@ class MomentAccumulator:
     # ------------------------------------------------------------------ results
     def _pooled_state(self) -> tuple[torch.Tensor, ...]:
         """All channels folded into one part per group (vectorised K-way Pébay update)."""
-        return _pool(self._state(), lambda ts: [t.sum(-1) for t in ts], lambda t: t.unsqueeze(-1))
+        return _pool(self._state())
 
     def pooled(self) -> MomentResult:
         """Statistics of all channels pooled into one distribution: 0-d tensors (``[*groups]`` if grouped).
@@ -554,7 +548,7 @@ def _summary_table(accs: list[MomentAccumulator], xp=None) -> np.ndarray | torch
         state = [t.numpy() for t in state]
     with np.errstate(all="ignore"):  # NaN from NaN data or 0/0 is the answer, not a problem
         per_ch = _statistics(*state, xp=xp)
-        pooled = _statistics(*_pool(state, lambda ts: [t.sum(-1) for t in ts], lambda t: t[..., None]), xp=xp)
+        pooled = _statistics(*_pool(state), xp=xp)
         vals = xp.stack([per_ch[k] for k in _STATS])  # [5, G, C]
         nan = xp.isnan(vals)
         table = xp.stack(
