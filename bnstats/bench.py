@@ -321,6 +321,17 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+RATIOS = (  # (name, case, baseline case) per arch
+    ("stack / loader", "stack", "loader"),
+    ("single / loader", "single", "loader"),
+    ("stack / single", "stack", "single"),
+    ("stack moments every 10 / off", "stack", "stack_mom_off"),
+    ("stack moments every step / off", "stack_mom_1", "stack_mom_off"),
+    ("single moments every 10 / off", "single", "single_mom_off"),
+    ("single moments every step / off", "single_mom_1", "single_mom_off"),
+)
+
+
 def ratios(summary: dict[str, dict[str, Any]], archs: list[str]) -> dict[str, float]:
     """Throughput ratios (>1: the first is faster) from one invocation: the median over repetitions of
     the ratio within each repetition (cases of a repetition run back to back, so a machine whose speed
@@ -334,21 +345,9 @@ def ratios(summary: dict[str, dict[str, Any]], archs: list[str]) -> dict[str, fl
 
     out: dict[str, float] = {}
     for arch in archs:
-        pre = f"{arch}/"
-        if pre + "stack" in summary and pre + "loader" in summary:
-            out[f"{arch}: stack / loader"] = r(pre + "stack", pre + "loader")
-        if pre + "single" in summary and pre + "loader" in summary:
-            out[f"{arch}: single / loader"] = r(pre + "single", pre + "loader")
-        if pre + "stack" in summary and pre + "single" in summary:
-            out[f"{arch}: stack / single"] = r(pre + "stack", pre + "single")
-        if pre + "stack" in summary and pre + "stack_mom_off" in summary:
-            out[f"{arch}: stack moments every 10 / off"] = r(pre + "stack", pre + "stack_mom_off")
-        if pre + "stack_mom_1" in summary and pre + "stack_mom_off" in summary:
-            out[f"{arch}: stack moments every step / off"] = r(pre + "stack_mom_1", pre + "stack_mom_off")
-        if pre + "single" in summary and pre + "single_mom_off" in summary:
-            out[f"{arch}: single moments every 10 / off"] = r(pre + "single", pre + "single_mom_off")
-        if pre + "single_mom_1" in summary and pre + "single_mom_off" in summary:
-            out[f"{arch}: single moments every step / off"] = r(pre + "single_mom_1", pre + "single_mom_off")
+        for name, faster, slower in RATIOS:
+            if f"{arch}/{faster}" in summary and f"{arch}/{slower}" in summary:
+                out[f"{arch}: {name}"] = r(f"{arch}/{faster}", f"{arch}/{slower}")
     both = [a for a in archs if f"{a}/stack" in summary and f"{a}/loader" in summary]
     if len(both) > 1:  # the default sweep has as many mlp as cnn cells: the sweep's ratio is of the sums
         out["default sweep (sum over archs): stack / loader"] = (
