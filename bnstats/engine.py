@@ -52,7 +52,15 @@ from torch import nn
 
 from . import data, models
 from .config import RunConfig, derive_seed
-from .train import RunOutput, SiteRecorder, device_name, make_optimisation, train, versions
+from .train import (
+    RunOutput,
+    SiteRecorder,
+    device_name,
+    make_optimisation,
+    probe_in_evaluation,
+    train,
+    versions,
+)
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -403,7 +411,6 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
     forward = torch.compile(model) if compile else model
 
     probe_x = dd.x_test[: mc.probe_size]
-    probe_in_eval = mc.probe_size <= tc.eval_batch_size or len(dd.x_test) <= tc.eval_batch_size  # as train.train
     moments: list[list[dict]] = [[] for _ in runs]
     moments_channel: list[list[dict]] = [[] for _ in runs]
     curves: list[list[dict]] = [[] for _ in runs]
@@ -476,11 +483,10 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
             step += 1
 
         # --- once per epoch: evaluate, probe, one host read ---------------------------------------
-        fused = mc.enabled and probe_in_eval
-        t_loss, t_acc = evaluate_stack(model, dd.x_test, dd.y_test, tc.eval_batch_size, autocast, first_batch=(
-            rec.recording(model, rows=mc.probe_size, epoch=epoch, step=step, source="probe") if fused else None))
+        ride = probe_in_evaluation(rec, model, run0, len(dd.x_test), epoch=epoch, step=step)
+        t_loss, t_acc = evaluate_stack(model, dd.x_test, dd.y_test, tc.eval_batch_size, autocast, first_batch=ride)
         if mc.enabled:
-            if not fused:
+            if ride is None:
                 probe(epoch, step)
             per_seed = rec.rows_per_seed(mc.per_channel)
         host = torch.cat([first_bad.double(), loss_sum, correct.double(), t_loss, t_acc]).cpu().tolist()

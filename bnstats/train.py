@@ -182,6 +182,19 @@ class SiteRecorder:
         return rows, channel_rows
 
 
+def probe_in_evaluation(rec: SiteRecorder, model: torch.nn.Module, run: RunConfig, n_test: int,
+                        **keys: Any) -> contextlib.AbstractContextManager | None:
+    """The epoch-end probe as a recording of evaluation's first batch, whose first inputs are the probe's.
+
+    ``None`` when moments are off, or when that batch is shorter than the probe: the probe then takes a
+    forward pass of its own.
+    """
+    mc, tc = run.moments, run.train
+    if mc.enabled and (mc.probe_size <= tc.eval_batch_size or n_test <= tc.eval_batch_size):
+        return rec.recording(model, rows=mc.probe_size, source="probe", **keys)
+    return None
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              first_batch: contextlib.AbstractContextManager | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,8 +253,6 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
     steps_per_epoch, opt, sched = make_optimisation(model, tc, n_train)
 
     probe_x = dd.x_test[: mc.probe_size]
-    # The probe inputs are the first test inputs: at each epoch end they ride on evaluation's first batch.
-    probe_in_eval = mc.probe_size <= tc.eval_batch_size or len(dd.x_test) <= tc.eval_batch_size
     moments: list[dict[str, Any]] = []
     moments_channel: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
@@ -296,11 +307,10 @@ def train(run: RunConfig, *, device: str | torch.device = "cpu", git_commit: str
             step += 1
 
         # --- once per epoch: evaluate, probe, then the single host read of the epoch ---------
-        fused = mc.enabled and probe_in_eval
-        t_loss, t_acc = evaluate(model, dd.x_test, dd.y_test, tc.eval_batch_size, first_batch=(
-            rec.recording(model, rows=mc.probe_size, epoch=epoch, step=step, source="probe") if fused else None))
+        ride = probe_in_evaluation(rec, model, run, len(dd.x_test), epoch=epoch, step=step)
+        t_loss, t_acc = evaluate(model, dd.x_test, dd.y_test, tc.eval_batch_size, first_batch=ride)
         if mc.enabled:
-            if not fused:
+            if ride is None:
                 probe(epoch, step)
             if rec.state_bytes > MOMENT_STATE_BYTES:
                 flush_moments()
