@@ -214,8 +214,11 @@ def _pool(state) -> tuple:
     return n, mean, m2, m3, m4, z_c.sum(-1)
 
 
-# Values per piece of a batch: its two buffers (see _workspace) stay in the last-level cache.
+# Values per piece of a batch. CPU: its two buffers (see _workspace) stay in the last-level cache.
+# GPU: a launch costs ~5 us whatever its size, so pieces are large (a 64-seed stack's site tensor of
+# ~5e8 values in ~8 pieces, not ~1000); two 256 MB buffers are small beside such activations.
 _PIECE = 2**19
+_PIECE_GPU = 2**26
 
 
 _WORKSPACE = threading.local()
@@ -258,11 +261,12 @@ def _central_sums(parts: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     dtype = _F64 if parts[0].dtype == _F64 else torch.float32
     dev = parts[0].device
     count_dtype = dtype if m < 2**24 else _F64  # a float sum of ones is exact below 2**24
-    if m * c <= _PIECE:  # whole groups per piece
-        k = max(1, _PIECE // (m * c))
+    piece = _PIECE if dev.type == "cpu" else _PIECE_GPU
+    if m * c <= piece:  # whole groups per piece
+        k = max(1, piece // (m * c))
         pieces = [(parts[i : i + k], 0, c) for i in range(0, len(parts), k)]
     else:  # a big group: slices of its channels
-        kc = max(1, _PIECE // m)
+        kc = max(1, piece // m)
         pieces = [([p], c0, min(c, c0 + kc)) for p in parts for c0 in range(0, c, kc)]
     buf, sq = _workspace(max(len(ps) * (c1 - c0) * m for ps, c0, c1 in pieces), dtype, dev)
 
