@@ -12,8 +12,9 @@ medians taken, because the machines we share are noisy; every ratio comes from o
   ``single_mom_1``: moments off / every step (issue 3's cost of moments is measured on this loop).
 - ``sweep_w1`` / ``sweep_w2``: wall time of :func:`bnstats.sweep.run_sweep` of a reduced default
   sweep with 1 and 2 local workers.
-- on CUDA (``--gpu``): the 2-D CNN cases of issue 6 (widths 16/32/64 and 64/128/256, batch 512,
-  32×32×3 synthetic inputs): seeds stacked (fp32 and bf16) vs a per-seed DataLoader loop.
+
+The GPU cases (issue 6: 2-D CNNs on 32×32×3 images, many seeds per chip) are in
+:mod:`bnstats.bench_gpu` (``bash benchmarks/gpu_check.sh``).
 
 ``images/s`` counts training examples summed over seeds (seeds × epochs × training-set size) per
 second of wall time, evaluation and moments included; ``s/1000 run-epochs`` is the wall time per
@@ -169,130 +170,6 @@ def _subprocess_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# GPU cases (issue 6): 2-D CNN, batch 512, 32x32x3 synthetic inputs
-
-
-def cnn2d(widths: tuple[int, ...], num_classes: int = 10, placement: str = "before"):
-    """A 2-D CNN of ``models.Block``s with per-stage widths (3×3 conv, norm, ReLU, 2×2 max-pool)."""
-    from torch import nn
-
-    from . import models
-
-    blocks, cin = [], 3
-    for i, w in enumerate(widths):
-        blocks.append(models.Block(nn.Conv2d(cin, w, 3, padding=1, bias=placement != "before"),
-                                   nn.BatchNorm2d(w), nn.ReLU(), placement, i, pool=nn.MaxPool2d(2)))
-        cin = w
-    return models.Net(nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                      nn.Linear(cin, num_classes))
-
-
-def gpu_case(*, widths: tuple[int, ...], seeds: int, batch: int, steps: int, device: str,
-             mode: str, n_images: int = 50_000, size: int = 32) -> dict[str, Any]:
-    """Images/s of ``steps`` training steps: ``mode`` = ``loader`` (per seed) | ``stack`` | ``stack_bf16``."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from . import engine, models
-
-    dev = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    x_cpu = torch.randint(0, 256, (n_images, 3, size, size), dtype=torch.uint8, generator=g)
-    y_cpu = torch.randint(0, 10, (n_images,), generator=g)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    if mode == "loader":
-        t0 = time.perf_counter()
-        for s in range(seeds):
-            net = cnn2d(widths)
-            models.init_parameters(net, s)
-            net.to(dev)
-            opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-            loader = DataLoader(TensorDataset(x_cpu, y_cpu), batch_size=batch, shuffle=True, drop_last=True,
-                                generator=torch.Generator().manual_seed(s))
-            it = iter(loader)
-            for _ in range(steps):
-                try:
-                    xb, yb = next(it)
-                except StopIteration:
-                    it = iter(loader)
-                    xb, yb = next(it)
-                xb = xb.to(dev).float().div_(255)
-                yb = yb.to(dev)
-                loss = F.cross_entropy(net(xb), yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                loss.item()
-        sync()
-        wall = time.perf_counter() - t0
-    else:
-        nets = []
-        for s in range(seeds):
-            net = cnn2d(widths)
-            models.init_parameters(net, s)
-            nets.append(net)
-        model = engine.stack_models(nets, conv_impl="grouped" if dev.type == "cuda" else "split").to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        x = x_cpu.to(dev).float().div_(255)
-        y = y_cpu.to(dev)
-        gens = [torch.Generator().manual_seed(s) for s in range(seeds)]
-        autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if mode == "stack_bf16" and dev.type == "cuda"
-                    else torch.autocast("cpu", enabled=False))
-        warm = min(3, steps)
-        for i in range(steps + warm):
-            if i == warm:
-                sync()
-                t0 = time.perf_counter()
-            idx = torch.stack([torch.randint(0, n_images, (batch,), generator=gg) for gg in gens], 1).to(dev)
-            xb = x[idx]                                    # [B, S, 3, H, W]
-            offs = torch.randint(0, 9, (2, batch * seeds), generator=gens[0]).to(dev)
-            flips = (torch.rand(batch * seeds, generator=gens[0]) < 0.5).to(dev)
-            xb = engine.augment_drawn(xb.flatten(0, 1), offs, flips, padding=4, flip=True).view(xb.shape)
-            with autocast:
-                out = model(xb.flatten(1, 2))
-            loss = F.cross_entropy(out.float().flatten(0, 1), y[idx].flatten(), reduction="none")
-            opt.zero_grad(set_to_none=True)
-            loss.view(batch, seeds).mean(0).sum().backward()
-            opt.step()
-        sync()
-        wall = time.perf_counter() - t0
-    return {"widths": list(widths), "seeds": seeds, "batch": batch, "steps": steps, "mode": mode,
-            "wall_s": wall, "images_per_s": seeds * steps * batch / wall,
-            "peak_gpu_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
-
-
-def gpu_checks(device: str, data_root: str, *, epochs: int = 2, small: bool = False) -> list[dict[str, Any]]:
-    """Correctness on the device: stacked vs single runs (fp32), a bf16 stack that trains, divergence."""
-    from . import config, engine, train
-
-    text = config.default_config_text()
-    import tomllib
-
-    raw = tomllib.loads(text)
-    raw.update(seeds=3, data={"root": data_root}, grid={"arch": ["mlp", "cnn"], "placement": ["before", "after"]})
-    raw["train"]["epochs"] = epochs
-    if small:  # the dry run: a narrow model and few steps
-        raw["model"]["width"], raw["train"]["batch_size"], raw["moments"]["probe_size"] = 8, 500, 64
-    cfg = config.from_dict(raw)
-    out = []
-    for group in engine.group_by_arm(cfg.runs()):
-        t0 = time.perf_counter()
-        st = engine.train_stack(group, device=device)
-        single = [train.train(r, device=device) for r in group]
-        diff = max(abs(a.run[k] - b.run[k]) for a, b in zip(st, single, strict=True)
-                   for k in ("train_loss", "test_loss", "test_acc"))
-        same_hash = all(a.run["init_hash"] == b.run["init_hash"] and a.run["order_hash"] == b.run["order_hash"]
-                        for a, b in zip(st, single, strict=True))
-        bf = engine.train_stack(group, device=device, precision="bf16")
-        out.append({"check": f"{group[0].model.arch}/{group[0].model.placement}",
-                    "max_metric_diff": diff, "hashes_equal": same_hash,
-                    "bf16_test_acc": [o.run["test_acc"] for o in bf],
-                    "ok": bool(diff < 1e-3 and same_hash  # bf16 learns (the dry run is too short to ask that)
-                               and all(o.run["test_acc"] > (0.0 if small else 0.15) for o in bf)),
-                    "wall_s": time.perf_counter() - t0})
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
 # Driver
 
 
@@ -380,10 +257,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-sweep", action="store_true", help="skip the workers 1 vs 2 case")
     p.add_argument("--concurrent", action="store_true",
                    help="run the cases two at a time, one processor each (e.g. --cases single single_mom_off)")
-    p.add_argument("--no-cpu", action="store_true", help="skip the CPU cases (GPU checks and cases only)")
-    p.add_argument("--gpu", action="store_true", help="also the 2-D CNN cases (CUDA; CPU with --dry-run)")
-    p.add_argument("--gpu-seeds", type=int, nargs="+", default=[64])
-    p.add_argument("--gpu-steps", type=int, default=50)
     p.add_argument("--dry-run", action="store_true", help="tiny sizes everywhere, to check the script")
     p.add_argument("--data-root", default="data/cache")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/<device>-<date>.json)")
@@ -395,14 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     if a.dry_run:
         a.seeds, a.epochs, a.reps, a.sweep_seeds, a.sweep_epochs = 2, 1, 1, 1, 1
-        a.gpu_seeds, a.gpu_steps = [2], 2
     env = _environment()
     cases: list[dict[str, Any]] = []
-    for arch in [] if a.no_cpu else a.archs:
+    for arch in a.archs:
         for c in a.cases:
             cases.append({"case": c, "arch": arch, "seeds": a.seeds, "epochs": a.epochs,
                           "data_root": a.data_root, "label": f"{arch}/{c}"})
-    if not a.no_sweep and not a.no_cpu:
+    if not a.no_sweep:
         for w in (1, 2):
             cases.append({"case": f"sweep_w{w}", "seeds": a.sweep_seeds, "epochs": a.sweep_epochs,
                           "data_root": a.data_root, "label": f"sweep_w{w}"})
@@ -410,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = sorted(os.sched_getaffinity(0))
     if a.concurrent and len(cpus) < 2:
         p.error("--concurrent needs two processors")
-    if a.concurrent and not (a.no_sweep or a.no_cpu):
+    if a.concurrent and not a.no_sweep:
         p.error("--concurrent: add --no-sweep (the workers case needs both processors)")
     for rep in range(a.reps):  # interleaved: A B C ... A B C ..., the order rotated every repetition
         k = rep % max(1, len(cases))
@@ -431,37 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                            "summary": summary, "ratios": rats, "raw": results,
                            "command": "python -m bnstats.bench " + " ".join(argv if argv is not None
                                                                             else sys.argv[1:])}
-    gpu_lines = []
-    if a.gpu:
-        dev = "cuda" if torch.cuda.is_available() and not a.dry_run else "cpu"
-        if dev == "cpu" and not a.dry_run:
-            print("--gpu: no CUDA device; the GPU cases need one (use --dry-run to check the script)",
-                  file=sys.stderr)
-        else:
-            widths_list = [(4, 8, 8)] if a.dry_run else [(16, 32, 64), (64, 128, 256)]
-            batch, size, n = (16, 8, 256) if a.dry_run else (512, 32, 50_000)
-            doc["gpu_checks"] = gpu_checks(dev, a.data_root, epochs=1 if a.dry_run else 2, small=a.dry_run)
-            gpu = []
-            for widths in widths_list:
-                for seeds in a.gpu_seeds:
-                    for mode in ("loader", "stack", "stack_bf16"):
-                        r = gpu_case(widths=widths, seeds=1 if mode == "loader" else seeds, batch=batch,
-                                     steps=a.gpu_steps, device=dev, mode=mode, n_images=n, size=size)
-                        gpu.append(r)
-                        gpu_lines.append(f"{'/'.join(map(str, widths)):<12}{mode:<12}{r['seeds']:>6}"
-                                         f"{r['images_per_s']:>14.0f}")
-            doc["gpu"] = gpu
     out = Path(a.out) if a.out else REPO / "benchmarks" / (
-        f"{'gpu' if a.gpu and not a.dry_run else 'cpu'}{'-dryrun' if a.dry_run else ''}-"
+        f"cpu{'-dryrun' if a.dry_run else ''}-"
         f"{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, default=str))
     print(table(summary, rats))
-    if gpu_lines:
-        print("\nGPU checks: " + ", ".join(f"{c['check']} {'ok' if c['ok'] else 'FAIL'}"
-                                           for c in doc["gpu_checks"]))
-        print(f"{'widths':<12}{'mode':<12}{'seeds':>6}{'images/s':>14}")
-        print("\n".join(gpu_lines))
     print(f"\nwritten: {out}")
     return 0
 

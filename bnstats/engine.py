@@ -56,6 +56,8 @@ from .train import (
     RunOutput,
     SiteRecorder,
     device_name,
+    eval_rows,
+    exact_fp32,
     make_optimisation,
     probe_in_evaluation,
     train,
@@ -368,7 +370,8 @@ def train_stack(runs: Sequence[RunConfig], *, device: str | torch.device = "cpu"
     """
     device = torch.device(device)
     _check_options(runs, precision, device)
-    with deterministic_mode(deterministic, device):
+    with deterministic_mode(deterministic, device), (
+            exact_fp32(device) if precision == "fp32" else contextlib.nullcontext()):
         outs = _train_stack(list(runs), device, git_commit, precision, compile and device.type == "cuda")
     for o in outs:
         o.run.update(engine="stack", stack_size=len(runs), precision=precision,
@@ -411,6 +414,7 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
     forward = torch.compile(model) if compile else model
 
     probe_x = dd.x_test[: mc.probe_size]
+    rows = eval_rows(run0, S)
     moments: list[list[dict]] = [[] for _ in runs]
     moments_channel: list[list[dict]] = [[] for _ in runs]
     curves: list[list[dict]] = [[] for _ in runs]
@@ -483,8 +487,8 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
             step += 1
 
         # --- once per epoch: evaluate, probe, one host read ---------------------------------------
-        ride = probe_in_evaluation(rec, model, run0, len(dd.x_test), epoch=epoch, step=step)
-        t_loss, t_acc = evaluate_stack(model, dd.x_test, dd.y_test, tc.eval_batch_size, autocast, first_batch=ride)
+        ride = probe_in_evaluation(rec, model, run0, len(dd.x_test), rows, epoch=epoch, step=step)
+        t_loss, t_acc = evaluate_stack(model, dd.x_test, dd.y_test, rows, autocast, first_batch=ride)
         if mc.enabled:
             if ride is None:
                 probe(epoch, step)

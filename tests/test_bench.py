@@ -29,13 +29,6 @@ def test_ratios_paired_by_repetition_and_table():
     assert bench.ratios(summ, ["mlp"]) == {"mlp: stack / loader": 4.0}
 
 
-def test_gpu_case_runs_on_cpu_at_tiny_sizes():
-    for mode in ("loader", "stack"):
-        r = bench.gpu_case(widths=(4, 8), seeds=2, batch=8, steps=2, device="cpu", mode=mode, n_images=64,
-                           size=8)
-        assert r["images_per_s"] > 0 and r["mode"] == mode
-
-
 def test_loader_baseline_learns(data_root):
     runs = bench.arm_runs("mlp", seeds=1, epochs=2, data_root=str(data_root))
     assert len(runs) == 1 and runs[0].train.batch_size == 128
@@ -43,14 +36,34 @@ def test_loader_baseline_learns(data_root):
 
 
 def test_gpu_check_script_dry_run(data_root, tmp_path):
+    # every GPU case and check runs at tiny sizes on the CPU, through the script the GPU machine runs
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=REPO,
                           capture_output=True, text=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "GPU checks:" in proc.stdout and "FAIL" not in proc.stdout
-    out = next(tmp_path.glob("gpu-dryrun-*.json"))
-    doc = json.loads(out.read_text())
-    assert all(c["ok"] for c in doc["gpu_checks"]) and len(doc["gpu"]) == 3
+    assert "checks: " in proc.stdout and "FAIL" not in proc.stdout and "ERROR" not in proc.stdout
+    doc = json.loads(next(tmp_path.glob("gpu-dryrun-*.json")).read_text())
+    assert doc["checks"] and all(c["ok"] for c in doc["checks"])
+    kinds = {(c["case"], c.get("mode")) for c in doc["cases"]}
+    assert {("engine", None), ("loader", None), ("loader_plain", None), ("step", "bf16_graph"),
+            ("profile", None)} <= kinds
+    assert all("error" not in c for c in doc["cases"])
+    assert "4/8/16: engine (best) / loader" in doc["ratios"]
+
+
+def test_gpu_bench_ratios_and_images_in_the_cifar_format(tmp_path):
+    from bnstats import bench_gpu, data
+
+    cases = [{"case": "engine", "widths": [16, 32, 64], "precision": p, "moments_every": m, "compile": False,
+              "images_per_s": v} for p, m, v in (("bf16", 10, 800.0), ("bf16", None, 1000.0), ("fp32", 10, 400.0))]
+    cases += [{"case": "loader", "widths": [16, 32, 64], "images_per_s": 50.0}]
+    rats = bench_gpu.ratios(cases)
+    assert rats == {"16/32/64: engine (best) / loader": 20.0, "16/32/64: engine bf16 moments every 10 / off": 0.8,
+                    "16/32/64: engine bf16 / fp32": 2.0}
+    bench_gpu.write_images(tmp_path, 23, 7)
+    ds = data.load("cifar10", tmp_path)  # bnstats' own reader checks the format
+    assert ds.x_train.shape == (23, 3, 32, 32) and ds.x_test.shape == (7, 3, 32, 32)
+    assert int(ds.y_train.max()) < 10
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two processors")
@@ -73,3 +86,19 @@ def test_concurrent_pairs_run_on_different_processors(data_root, tmp_path, monke
     assert set(doc["ratios"]) == {"mlp: single moments every 10 / off"}
     with pytest.raises(SystemExit):
         bench.main(["--concurrent", "--dry-run", "--data-root", str(data_root), "--out", str(out)])
+
+
+def test_reshape_max_pool_equals_max_pool2d_values_and_gradients_with_ties():
+    import torch
+
+    from bnstats.bench_gpu import MaxPool2x2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (4, 3, 9, 8), generator=g).float().requires_grad_()  # many ties, odd height
+    y = x.detach().clone().requires_grad_()
+    w = torch.randn(4, 3, 4, 4, generator=g)
+    a, b = torch.nn.MaxPool2d(2)(x), MaxPool2x2()(y)
+    assert torch.equal(a, b)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    assert torch.equal(x.grad, y.grad)

@@ -150,3 +150,30 @@ def test_bad_input_is_refused_with_the_field_named(data_root, tmp_path):
         engine.train_stack([runs[0], runs[0]])
     with pytest.raises(ValueError, match="conv_impl"):
         engine.stack_models([], conv_impl="fft")
+
+
+def test_stack_evaluates_no_more_inputs_at_a_time_than_a_training_batch_or_the_probe(data_root, tmp_path):
+    from dataclasses import replace
+
+    from bnstats.train import eval_rows
+
+    run = _runs(data_root, tmp_path, epochs=1)[0]
+    run = replace(run, train=replace(run.train, eval_batch_size=1000, batch_size=128),
+                  moments=replace(run.moments, enabled=True, probe_size=512))
+    assert eval_rows(run) == 1000  # one model: the configured batch
+    assert eval_rows(run, seeds=10) == 512  # the probe still rides on the first batch
+    off = replace(run, moments=replace(run.moments, enabled=False))
+    assert eval_rows(off, seeds=10) == 128
+    small = replace(run, train=replace(run.train, eval_batch_size=100))
+    assert eval_rows(small, seeds=10) == 100  # never more than configured
+
+
+def test_exact_fp32_turns_tf32_off_on_cuda_only_and_restores_it():
+    from bnstats.train import exact_fp32
+
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with exact_fp32(torch.device("cuda")):  # the flags exist without a GPU
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == flags
+    with exact_fp32(torch.device("cpu")):
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == flags

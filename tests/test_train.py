@@ -207,3 +207,33 @@ def test_moment_rows_do_not_depend_on_when_they_are_reduced_or_summarised(data_r
     for k in a:
         for stat in ("mean", "var", "skew", "exkurt", "frac_zero", "pooled_skew"):
             assert a[k][stat] == pytest.approx(b[k][stat], rel=1e-12, abs=1e-15, nan_ok=True), (k, stat)
+
+
+@pytest.mark.parametrize("placement", ["before", "after"])
+def test_a_pass_over_the_reduce_threshold_holds_one_site_tensor_at_a_time(placement, monkeypatch):
+    # a large model's recorded pass must not keep every site tensor alive until the pass ends
+    import bnstats.train as train_mod
+
+    monkeypatch.setattr(train_mod, "REDUCE_BYTES", 0)
+    model = models.build(config.ModelConfig(arch="cnn", placement=placement), (1, 40), 10)
+    models.init_parameters(model, 0)
+    x = torch.randn(16, 1, 40, generator=torch.Generator().manual_seed(1))
+    rec, held = train_mod.SiteRecorder(), []
+
+    def spy(layer, site, t):
+        rec(layer, site, t)
+        held.append(len({id(v) for _, v in rec.items}))
+
+    with torch.no_grad(), models.record(model, spy):
+        rec.start(epoch=0, step=0, source="probe")
+        model(x)
+    assert held and max(held) == 1
+    rows, _ = rec.rows(per_channel=False)
+    monkeypatch.undo()  # the reference: the default threshold, everything reduced at the end
+    ref = train_mod.SiteRecorder()
+    with torch.no_grad(), ref.recording(model, epoch=0, step=0, source="probe"):
+        model(x)
+    expect, _ = ref.rows(per_channel=False)
+    assert [(r["layer"], r["site"]) for r in rows] == [(r["layer"], r["site"]) for r in expect]
+    for a, b in zip(rows, expect, strict=True):
+        assert a["var"] == pytest.approx(b["var"], rel=1e-12) and a["skew"] == pytest.approx(b["skew"], rel=1e-9)
