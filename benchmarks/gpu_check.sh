@@ -22,4 +22,4 @@ $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 JSON=${OUT:+$OUT/gpu.json}
 JSON=${JSON:-benchmarks/gpu-$STAMP.json}
-timeout $(( ${BUDGET_S:-400} + 100 )) $PY -m bnstats.bench_gpu --budget-s "${BUDGET_S:-400}" --out "$JSON"
+timeout $(( ${BUDGET_S:-400} + 100 )) $PY -m bnstats.bench_gpu --budget-s "${BUDGET_S:-400}" --out "$JSON" "$@"

@@ -100,22 +100,29 @@ def _reset_peak(dev: torch.device) -> None:
 
 
 def engine_case(width: int, seeds: int, *, epochs: int, root: str, device: str, precision: str = "bf16",
-                moments: int | None = 10, compile: bool = False, batch: int = 512) -> dict[str, Any]:
-    """``engine.train_stack`` end to end; steady images/s from the epochs after the first."""
+                moments: int | None = 10, compile: bool = False, batch: int = 512,
+                conv_impl: str | None = None) -> dict[str, Any]:
+    """``engine.train_stack`` end to end; steady images/s from the epochs after the first.
+    ``conv_impl``: overrides ``engine.GPU_CONV_IMPL`` for this case."""
     from . import engine
 
     dev = torch.device(device)
     runs = image_runs(width, seeds, epochs=epochs, root=root, batch=batch, moments=moments)
     _reset_peak(dev)
-    t0 = time.perf_counter()
-    outs = engine.train_stack(runs, device=dev, precision=precision, compile=compile)
-    wall = time.perf_counter() - t0
+    default, engine.GPU_CONV_IMPL = engine.GPU_CONV_IMPL, conv_impl or engine.GPU_CONV_IMPL
+    try:
+        t0 = time.perf_counter()
+        outs = engine.train_stack(runs, device=dev, precision=precision, compile=compile)
+        wall = time.perf_counter() - t0
+    finally:
+        engine.GPU_CONV_IMPL = default
     curves = outs[0].curves
     per_epoch = outs[0].run["steps"] // outs[0].run["epochs_completed"] * batch * seeds  # images, all seeds
     t_first = curves[0]["wall_time_s"]
     steady_s = (curves[-1]["wall_time_s"] - t_first) / max(1, len(curves) - 1)
     return {"case": "engine", "widths": [width, 2 * width, 4 * width], "seeds": seeds, "batch": batch,
             "precision": precision, "moments_every": moments, "compile": compile, "epochs": epochs,
+            "conv_impl": conv_impl or engine.GPU_CONV_IMPL,
             "wall_s": wall, "first_epoch_s": t_first, "steady_epoch_s": steady_s,
             "images_per_s": per_epoch / steady_s if len(curves) > 1 else per_epoch / t_first,
             "s_per_1000_run_epochs": steady_s / seeds * 1000,
@@ -205,6 +212,7 @@ def step_case(width: int, seeds: int, *, device: str, mode: str, steps: int, bat
     """The stacked training step alone (data on the device, indices and crops pre-drawn there).
 
     ``mode``: ``fp32`` | ``bf16`` | ``bf16_cl`` (channels-last) | ``bf16_pool`` (:class:`MaxPool2x2`)
+    | ``bf16_split`` / ``bf16_auto`` (``engine.stack_models``' conv_impl ``split`` / ``auto``)
     | ``bf16_graph`` (the whole step,
     optimizer included, replayed as one CUDA graph) | ``bf16_compile`` (``torch.compile`` of the
     stacked model; compile time reported apart). ``around``: a context manager entered for the timed
@@ -220,7 +228,8 @@ def step_case(width: int, seeds: int, *, device: str, mode: str, steps: int, bat
         net = models.build(mc, (3, 32, 32), 10)
         models.init_parameters(net, s)
         nets.append(net)
-    model = engine.stack_models(nets, conv_impl="grouped" if dev.type == "cuda" else "split").to(dev)
+    impl = {"bf16_split": "split", "bf16_auto": "auto"}.get(mode, "grouped" if dev.type == "cuda" else "split")
+    model = engine.stack_models(nets, conv_impl=impl).to(dev)
     del nets
     if mode == "bf16_pool":
         for blk in model.modules():
@@ -421,15 +430,23 @@ def _environment(device: str) -> dict[str, Any]:
     return env
 
 
-def plan(dry: bool) -> list[tuple[str, dict[str, Any]]]:
-    """(function name, kwargs) in order of importance."""
+def plan(dry: bool, name: str = "full") -> list[tuple[str, dict[str, Any]]]:
+    """(function name, kwargs) in order of importance; ``name = "conv"``: the stacked-conv comparison."""
+    if name == "conv" and not dry:
+        p = [("step_case", dict(width=w, seeds=64, mode=m, steps=30)) for w in WIDTHS
+             for m in ("bf16", "bf16_split", "bf16_auto")]
+        p += [("engine_case", dict(width=w, seeds=64, epochs=2, precision="bf16", moments=m, conv_impl=c))
+              for w in WIDTHS for c in ("split", "auto") for m in (None, 10)]
+        p += [("loader_case", dict(width=w, steps=60, augment=True, workers=8)) for w in WIDTHS]
+        return p + [("engine_case", dict(width=64, seeds=64, epochs=2, precision="bf16", moments=None,
+                                         conv_impl="auto", compile=True))]
     if dry:
         w, s, ep, st = (4,), 2, 2, 2
         return ([("engine_case", dict(width=w[0], seeds=s, epochs=ep, precision=p, moments=m, batch=32))
                  for p, m in (("bf16", 10), ("bf16", None), ("fp32", 10))]
                 + [("loader_case", dict(width=w[0], steps=st, augment=a, workers=0, batch=32)) for a in (True, False)]
                 + [("step_case", dict(width=w[0], seeds=s, mode=m, steps=st, batch=8, n_images=64))
-                   for m in ("fp32", "bf16", "bf16_cl", "bf16_pool", "bf16_graph")]
+                   for m in ("fp32", "bf16", "bf16_cl", "bf16_pool", "bf16_split", "bf16_auto", "bf16_graph")]
                 + [("profile_case", dict(width=w[0], seeds=s, steps=1, batch=8, n_images=64))])
     p: list[tuple[str, dict[str, Any]]] = []
     for w in WIDTHS:
@@ -456,6 +473,7 @@ def table(doc: dict[str, Any]) -> str:
                 lines.append(f"{r.get('fn', '?'):<14} {r.get('kwargs')} ERROR {r['error'][:80]}")
             continue
         mode = r.get("mode") or (f"{r['precision']} mom={r['moments_every']}" + (" compile" if r.get("compile") else "")
+                                 + (f" {r['conv_impl']}" if r.get("conv_impl", "grouped") != "grouped" else "")
                                  if r["case"] == "engine" else f"workers={r.get('workers')}")
         s1000 = r.get("s_per_1000_run_epochs")
         lines.append(f"{r['case']:<14}{'/'.join(map(str, r['widths'])):<12}{mode:<22}{r['seeds']:>6}"
@@ -493,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data/cache", help="where mnist1d.npz is (the checks use it)")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/gpu-<date>.json)")
     p.add_argument("--skip-checks", action="store_true")
+    p.add_argument("--plan", default="full", choices=["full", "conv"], help="which cases (see plan())")
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     device = "cpu" if a.dry_run else "cuda"
@@ -525,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = str(Path(tmp) / "images")
         write_images(Path(root), 256 if a.dry_run else 25_600, 64 if a.dry_run else 2_000)
-        for fn, kw in plan(a.dry_run):
+        for fn, kw in plan(a.dry_run, a.plan):
             if time.perf_counter() - t_start > a.budget_s:
                 doc["cases"].append({"fn": fn, "kwargs": kw, "skipped": "time budget"})
                 continue

@@ -65,6 +65,11 @@ from .train import (
 )
 
 PRECISIONS = ("fp32", "bf16")
+CONV_IMPLS = ("grouped", "split", "auto")
+# How stacked convs run on a GPU: "auto" = S plain convs where a seed's conv has >= SPLIT_MIN_CHANNELS
+# input channels, one grouped conv otherwise (see benchmarks/README.md for the measurements).
+GPU_CONV_IMPL = "grouped"
+SPLIT_MIN_CHANNELS = 32
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -106,6 +111,8 @@ class StackConv(nn.Module):
     def __init__(self, convs: Sequence[nn.Module], impl: str = "grouped"):
         super().__init__()
         c = convs[0]
+        if impl == "auto":  # see GPU_CONV_IMPL
+            impl = "split" if c.in_channels // c.groups >= SPLIT_MIN_CHANNELS else "grouped"
         self.seeds, self.impl = len(convs), impl
         self.fn = F.conv1d if isinstance(c, nn.Conv1d) else F.conv2d
         self.stride, self.padding, self.dilation, self.groups = c.stride, c.padding, c.dilation, c.groups
@@ -224,8 +231,8 @@ class StackedNet(models.Net):
 def stack_models(nets: Sequence[models.Net], drop_gens: Sequence[torch.Generator] | None = None, *,
                  conv_impl: str = "grouped") -> StackedNet:
     """One :class:`StackedNet` holding copies of the weights and buffers of ``nets`` (same architecture)."""
-    if conv_impl not in ("grouped", "split"):
-        raise ValueError(f"conv_impl: expected 'grouped' or 'split', got {conv_impl!r}")
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl: expected one of {', '.join(map(repr, CONV_IMPLS))}, got {conv_impl!r}")
     return StackedNet(nets, drop_gens, conv_impl=conv_impl)
 
 
@@ -399,7 +406,7 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
     n_params = sum(p.numel() for p in singles[0].parameters())
     drop_gens = [torch.Generator(device=device).manual_seed(derive_seed(r.seed, "dropout")) for r in runs]
     # grouped convs on GPUs; on CPU S plain convs are faster than oneDNN's grouped ones (benchmarks/)
-    model = stack_models(singles, drop_gens, conv_impl="grouped" if device.type == "cuda" else "split").to(device)
+    model = stack_models(singles, drop_gens, conv_impl=GPU_CONV_IMPL if device.type == "cuda" else "split").to(device)
     del singles
     order_gens = [torch.Generator().manual_seed(derive_seed(r.seed, "order")) for r in runs]
     aug_gens = [torch.Generator().manual_seed(derive_seed(r.seed, "aug")) for r in runs]

@@ -177,3 +177,21 @@ def test_exact_fp32_turns_tf32_off_on_cuda_only_and_restores_it():
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == flags
     with exact_fp32(torch.device("cpu")):
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == flags
+
+
+def test_stacked_conv_implementations_agree():
+    # grouped, split and auto (split where a seed's conv has >= SPLIT_MIN_CHANNELS inputs) are one function
+    nets = []
+    for s in range(3):
+        net = models.build(config.ModelConfig(arch="vgg", width=16, depth=1), (3, 12, 12), 10)
+        models.init_parameters(net, s)
+        nets.append(net)
+    x = torch.randn(5, 9, 12, 12, generator=torch.Generator().manual_seed(0))
+    outs = {impl: engine.stack_models(nets, conv_impl=impl).eval()(x) for impl in engine.CONV_IMPLS}
+    auto = engine.stack_models(nets, conv_impl="auto")
+    impls = [m.impl for m in auto.modules() if isinstance(m, engine.StackConv)]
+    assert impls == ["grouped", "grouped", "split"]  # 3, 16 and 32 input channels
+    for impl in ("split", "auto"):
+        torch.testing.assert_close(outs[impl], outs["grouped"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="conv_impl"):
+        engine.stack_models(nets, conv_impl="fast")

@@ -459,8 +459,10 @@ def test_update_and_merge_make_no_cuda_sync():
         a.merge(b)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    ref = stream(x.cpu(), []).result()
+    xs = x.cpu().double()  # a saw x five times (one update, three more, b's) and x.half() three times
+    ref = stream(torch.cat([xs] * 5 + [x.half().cpu().double()] * 3), []).result()
     torch.testing.assert_close(a.result().mean.cpu(), ref.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.result().var.cpu(), ref.var, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- validation
