@@ -107,6 +107,8 @@ def engine_case(width: int, seeds: int, *, epochs: int, root: str, device: str, 
     from . import engine
 
     dev = torch.device(device)
+    if dev.type != "cuda":  # the dry run: bf16 is CUDA's
+        precision = "fp32"
     runs = image_runs(width, seeds, epochs=epochs, root=root, batch=batch, moments=moments)
     _reset_peak(dev)
     default, engine.GPU_CONV_IMPL = engine.GPU_CONV_IMPL, conv_impl or engine.GPU_CONV_IMPL
@@ -372,7 +374,7 @@ def checks(device: str, data_root: str, *, epochs: int = 2, small: bool = False)
         mdiff = max(_moment_diff(a.moments, b.moments) for a, b in zip(st, single, strict=True))
         same_hash = all(a.run["init_hash"] == b.run["init_hash"] and a.run["order_hash"] == b.run["order_hash"]
                         for a, b in zip(st, single, strict=True))
-        bf = engine.train_stack(group, device=device, precision="bf16")
+        bf = engine.train_stack(group, device=device, precision="bf16" if device == "cuda" else "fp32")
         out.append({"check": f"stack = single: {group[0].model.arch}/{group[0].model.placement}",
                     "max_metric_diff": diff, "max_moment_rel_diff": mdiff, "hashes_equal": same_hash,
                     "bf16_test_acc": [o.run["test_acc"] for o in bf],

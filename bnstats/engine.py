@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data, models
+from . import train as training
 from .config import RunConfig, derive_seed
 from .train import (
     RunOutput,
@@ -60,7 +61,6 @@ from .train import (
     exact_fp32,
     make_optimisation,
     probe_in_evaluation,
-    train,
     versions,
 )
 
@@ -345,6 +345,8 @@ def _check_options(runs: Sequence[RunConfig], precision: str, device: torch.devi
         raise ValueError("train_stack: runs is empty")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    if precision == "bf16" and device.type != "cuda":
+        raise ValueError(f"precision: 'bf16' is autocast on CUDA; the device is {device.type!r} (use 'fp32')")
     key = _arm_key(runs[0])
     for r in runs[1:]:
         if _arm_key(r) != key:
@@ -597,8 +599,8 @@ def train_runs(runs: Sequence[RunConfig], device: str | torch.device = "cpu", *,
 
     ``max_stack`` caps the seeds per stack (0: no cap). Returns one :class:`RunOutput` per run in the
     order of ``runs``; every run row carries ``engine`` (``"stack"`` or ``"single"``) and ``stack_size``.
-    A group of one run, or ``stack=False``, goes through :func:`train.train` unchanged (fp32 only;
-    ``deterministic`` applies).
+    A group of one run, or ``stack=False``, goes through :func:`train.train` unchanged where that
+    honours the options (fp32, not compiled; ``deterministic`` applies), else as a stack of one.
     """
     device = torch.device(device)
     if precision not in PRECISIONS:
@@ -610,12 +612,12 @@ def train_runs(runs: Sequence[RunConfig], device: str | torch.device = "cpu", *,
         cap = max_stack or len(group)
         for j in range(0, len(group), cap):
             chunk = group[j:j + cap]
-            if len(chunk) > 1:
+            if len(chunk) > 1 or precision != "fp32" or (compile and device.type == "cuda"):
                 outs = train_stack(chunk, device=device, git_commit=git_commit, precision=precision,
                                    deterministic=deterministic, compile=compile)
             else:
                 with deterministic_mode(deterministic, device):
-                    outs = [train(chunk[0], device=device, git_commit=git_commit)]
+                    outs = [training.train(chunk[0], device=device, git_commit=git_commit)]
                 outs[0].run.update(engine="single", stack_size=1, precision="fp32",
                                    deterministic=deterministic, compiled=False)
             for r, o in zip(chunk, outs, strict=True):

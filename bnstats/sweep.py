@@ -36,7 +36,8 @@ from .store import Store, git_commit
 
 @dataclass(frozen=True)
 class Task:
-    """A unit of submission: one or more runs, trained one after another by one worker.
+    """A unit of submission: runs trained one after another by one worker, or (``stack``) the seeds of
+    one arm trained together as one stacked model (:mod:`bnstats.engine`).
 
     Plain data (picklable by value), so any executor can ship it to another process or machine.
     """
@@ -46,6 +47,8 @@ class Task:
     device: str = "auto"        # resolved in the worker ("auto": CUDA where the worker sees a GPU)
     git_commit: str = ""
     threads: int = 0            # torch threads in the worker (0: leave the process's setting)
+    stack: bool = False         # train the runs (seeds of one arm) as one stacked model
+    engine: dict[str, Any] = field(default_factory=dict)  # precision, deterministic, compile
 
 
 @dataclass
@@ -90,38 +93,48 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
     Returns one status dict per run: ``{"run_id", "status": "trained"|"skipped"|"failed", ...}``.
     A run that raises is recorded in the store as failed and the task goes on with the next run.
     """
-    from .train import train  # imported here: the launcher process need not import the model code
+    from .engine import train_runs  # imported here: the launcher process need not import the model code
 
     if task.threads:
         torch.set_num_threads(task.threads)
     store = Store(task.store)
     device = resolve_device(task.device)
-    out = []
-    for raw in task.runs:
-        run = RunConfig.from_dict(raw)
-        if not store.claim(run.run_id):
-            out.append({"run_id": run.run_id, "status": "skipped"})
+    runs = [RunConfig.from_dict(raw) for raw in task.runs]
+    if task.stack:  # claim the arm's seeds, train those claimed together; the others are someone else's
+        claimed = [r for r in runs if store.claim(r.run_id)]
+        groups = [claimed] if claimed else []
+    else:  # one at a time, each claimed just before it trains
+        claimed, groups = [], [[r] for r in runs]
+    out = [{"run_id": r.run_id, "status": "skipped"} for r in runs if task.stack and r not in claimed]
+    for group in groups:
+        if not task.stack and not store.claim(group[0].run_id):
+            out.append({"run_id": group[0].run_id, "status": "skipped"})
             continue
+        ids = [r.run_id for r in group]
         stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat, args=(store, run.run_id, stop), daemon=True)
+        beat = threading.Thread(target=_heartbeat, args=(store, ids, stop), daemon=True)
         beat.start()
         try:
-            result = train(run, device=device, git_commit=task.git_commit)
-            stored = store.write(result)
-            out.append({"run_id": run.run_id, "status": "trained" if stored else "skipped",
-                        "test_acc": result.run["test_acc"], "wall_time_s": result.run["wall_time_s"]})
+            results = train_runs(group, device, stack=task.stack, git_commit=task.git_commit, **task.engine)
+            for result in results:
+                stored = store.write(result)
+                out.append({"run_id": result.run["run_id"], "status": "trained" if stored else "skipped",
+                            "test_acc": result.run["test_acc"], "wall_time_s": result.run["wall_time_s"]})
         except Exception as exc:  # recorded, retried on the next launch; never stops the sweep
-            store.record_failure(run, exc)
-            out.append({"run_id": run.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            for run in group:  # a stack that raises takes all its seeds with it (none was stored)
+                store.record_failure(run, exc)
+                out.append({"run_id": run.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         finally:
             stop.set()
-            store.release(run.run_id)
+            for run_id in ids:
+                store.release(run_id)
     return out
 
 
-def _heartbeat(store: Store, run_id: str, stop: threading.Event, every_s: float = 30.0) -> None:
+def _heartbeat(store: Store, run_ids: list[str], stop: threading.Event, every_s: float = 30.0) -> None:
     while not stop.wait(every_s):
-        store.heartbeat(run_id)
+        for run_id in run_ids:
+            store.heartbeat(run_id)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,10 +152,34 @@ def plan(config: SweepConfig, store: Store) -> tuple[list[RunConfig], int, int]:
 
 
 def pack(runs: list[RunConfig], runs_per_task: int, store: Store, device: str, commit: str,
-         threads: int = 0) -> list[Task]:
-    return [Task(str(store.path), tuple(r.to_dict() for r in runs[i:i + runs_per_task]), device, commit,
-                 threads)
-            for i in range(0, len(runs), runs_per_task)]
+         threads: int = 0, *, stack: bool = False, max_stack: int = 0,
+         engine: dict[str, Any] | None = None) -> list[Task]:
+    """Tasks of ``runs_per_task`` runs, or (``stack``) one task per arm: its seeds still to train, at
+    most ``max_stack`` (0: all) per task."""
+    def task(chunk: list[RunConfig], stacked: bool) -> Task:
+        return Task(str(store.path), tuple(r.to_dict() for r in chunk), device, commit, threads, stacked,
+                    dict(engine or {}))
+
+    if not stack:
+        return [task(runs[i:i + runs_per_task], False) for i in range(0, len(runs), runs_per_task)]
+    from .engine import group_by_arm
+
+    out = []
+    for group in group_by_arm(runs):
+        cap = max_stack or len(group)
+        out += [task(group[i:i + cap], True) for i in range(0, len(group), cap)]
+    return out
+
+
+def stacks(config: SweepConfig, device: str) -> bool:
+    """Whether the sweep trains the seeds of an arm as one stacked model (``engine.stack``; ``auto``:
+    on GPUs, where it is 8-10x a per-seed DataLoader loop, and not on CPUs, where the convs dominate)."""
+    mode = config.engine.stack
+    if mode != "auto":
+        return mode == "on"
+    if device == "auto":  # resolved later, on the machine that trains: judge by what the launcher asks for
+        return config.launcher.kind == "submitit" and config.launcher.gpus_per_task > 0
+    return device.startswith("cuda")
 
 
 def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
@@ -169,6 +206,9 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
     device = resolve_device(device) if local_pool else check_device_name(device)
     if own and lc.kind == "submitit" and device.startswith("cuda") and lc.gpus_per_task == 0:
         raise ConfigError(f"launcher.gpus_per_task: expected >= 1 with --device {device}, got 0")
+    ec = config.engine
+    if ec.precision == "bf16" and device == "cpu":
+        raise ConfigError("engine.precision: 'bf16' is autocast on CUDA; with --device cpu use 'fp32'")
     store = Store.open(out, config)
     todo, done, elsewhere = plan(config, store)
     summary = SweepSummary(planned=len(todo) + done + elsewhere, already_done=done)
@@ -184,7 +224,10 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
 
     data_mod.load(config.dataset, config.data.root)
     threads = lc.cpus_per_task if own and lc.kind == "submitit" else 0
-    tasks = pack(todo, lc.runs_per_task, store, device, git_commit(), threads)
+    stacked = stacks(config, device)
+    tasks = pack(todo, lc.runs_per_task, store, device, git_commit(), threads, stack=stacked,
+                 max_stack=ec.max_stack,
+                 engine={"precision": ec.precision, "deterministic": ec.deterministic, "compile": ec.compile})
     if own:
         if lc.kind == "submitit":
             if workers:
@@ -199,8 +242,9 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
             where = "this process" if inline else f"{workers} local worker processes"
     else:
         where = type(executor).__name__
+    how = f", seeds of an arm stacked ({ec.precision})" if stacked else ""
     log(f"{config.name}: {len(todo)} runs to train ({done} already stored{busy}) in {len(tasks)} tasks "
-        f"on {where}, device {device} -> {out}")
+        f"on {where}, device {device}{how} -> {out}")
     bar = Progress(len(todo), enabled=progress, log=log)
     broken = False
     try:

@@ -195,3 +195,11 @@ def test_stacked_conv_implementations_agree():
         torch.testing.assert_close(outs[impl], outs["grouped"], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="conv_impl"):
         engine.stack_models(nets, conv_impl="fast")
+
+
+def test_bf16_is_refused_on_cpu_and_a_single_seed_keeps_the_requested_options(data_root, tmp_path):
+    runs = _runs(data_root, tmp_path, epochs=1)[:1]
+    with pytest.raises(ValueError, match="precision: 'bf16' is autocast on CUDA"):
+        engine.train_stack(runs, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="precision"):  # a group of one is not quietly trained in fp32
+        engine.train_runs(runs, "cpu", precision="bf16")

@@ -325,12 +325,16 @@ def test_a_stale_claim_is_taken_over_by_exactly_one_process(tiny_config, tmp_pat
     claim.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": 0}))
     old = time.time() - store.STALE_CLAIM_S - 60
     os.utime(claim, (old, old))
+    # each process stays alive until all have tried: a winner that exited would leave a claim of a dead
+    # pid, which a late starter on this host rightly takes over
     code = ("import sys; from bnstats.store import Store; "
-            f"print(Store({str(st.path)!r}).claim({rid!r}))")
+            f"print(Store({str(st.path)!r}).claim({rid!r}), flush=True); sys.stdin.read()")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-             for _ in range(4)]
-    won = [p.communicate(timeout=60)[0].strip() for p in procs]
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env) for _ in range(4)]
+    won = [p.stdout.readline().strip() for p in procs]
+    for p in procs:
+        p.communicate(timeout=60)
     assert sorted(won) == ["False", "False", "False", "True"]
 
 

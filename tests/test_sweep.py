@@ -210,3 +210,72 @@ def test_device_validation():
         sweep.resolve_device("tpu")
     assert sweep.resolve_device("cpu") == "cpu"
     assert Path(sweep.git_commit().split("-")[0] or ".").name != ""
+
+
+def test_stacked_sweep_stores_one_paired_row_per_run_equal_to_single_runs(tiny_config, tmp_path):
+    # engine.stack = "on": one task per arm, all its seeds in one stacked model; the store cannot tell
+    # but for the runtime columns, and the numbers equal a one-run-at-a-time sweep up to rounding
+    single, stacked = tmp_path / "single", tmp_path / "stacked"
+    cfg = config.load(tiny_config, seeds=3)
+    run_sweep(cfg, single, executor=InlineExecutor(), progress=False, log=lambda m: None)
+    on = config.load(tiny_config, seeds=3, overrides=["engine.stack=on"])
+    tasks = sweep.pack(on.runs(), 1, store.Store.open(stacked, on), "cpu", "", stack=True)
+    assert len(tasks) == 6 and all(t.stack and len(t.runs) == 3 for t in tasks)  # 6 arms x 3 seeds
+    s = run_sweep(on, stacked, executor=InlineExecutor(), device="cpu", progress=False, log=lambda m: None)
+    assert s.ok and s.trained == 18
+    a, b = store.load(stacked).runs.set_index("run_id"), store.load(single).runs.set_index("run_id")
+    assert sorted(a.index) == sorted(b.index) and a.index.is_unique
+    assert set(a["engine"]) == {"stack"} and set(a["stack_size"]) == {3} and set(b["engine"]) == {"single"}
+    assert set(a["precision"]) == {"fp32"} and not a["deterministic"].any() and not a["compiled"].any()
+    b = b.loc[a.index]
+    assert (a["init_hash"] == b["init_hash"]).all() and (a["order_hash"] == b["order_hash"]).all()
+    for col in ("test_acc", "test_loss", "train_loss"):
+        assert (a[col] - b[col]).abs().max() < 1e-4, col
+    assert len(store.load(stacked).moments) == len(store.load(single).moments)
+
+
+def test_stacked_sweep_resumes_with_the_seeds_left_and_respects_max_stack(tiny_config, tmp_path):
+    out = tmp_path / "sw"
+    on = config.load(tiny_config, seeds=2, overrides=["engine.stack=on"])
+    run_sweep(on, out, executor=InlineExecutor(), device="cpu", progress=False, log=lambda m: None)
+    more = config.load(tiny_config, seeds=5, overrides=["engine.stack=on", "engine.max_stack=2"])
+    s = run_sweep(more, out, executor=InlineExecutor(), device="cpu", progress=False, log=lambda m: None)
+    assert s.ok and s.trained == 18 and s.already_done == 12  # seeds 2, 3, 4 of each of the 6 arms
+    runs = store.load(out).runs
+    assert len(runs) == 30 and runs["run_id"].is_unique
+    assert sorted(runs[runs["seed"] >= 2]["stack_size"].tolist()) == [1] * 6 + [2] * 12  # stacks of 2 + 1
+    assert set(runs[runs["seed"] < 2]["stack_size"]) == {2}
+
+
+def test_a_stack_that_raises_records_each_of_its_runs_as_failed(tiny_config, tmp_path, monkeypatch):
+    from bnstats import engine
+
+    def boom(runs, **kw):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(engine, "train_stack", boom)
+    on = config.load(tiny_config, seeds=2, overrides=["engine.stack=on", "grid.arch=[\"mlp\"]"])
+    s = run_sweep(on, tmp_path / "sw", executor=InlineExecutor(), device="cpu", progress=False,
+                  log=lambda m: None)
+    assert len(s.failed) == 6 and all("out of memory, say" in e for _, e in s.failed)
+    assert not s.ok and len(list((tmp_path / "sw" / "failed").glob("*.json"))) == 6
+    assert not list((tmp_path / "sw" / "claims").glob("*.json"))  # claims released
+
+
+def test_engine_options_are_validated_and_bf16_binds_the_store(tiny_config, tmp_path):
+    with pytest.raises(config.ConfigError, match="engine.stack: expected one of 'auto', 'on', 'off', got 'yes'"):
+        config.load(tiny_config, overrides=["engine.stack=yes"])
+    with pytest.raises(config.ConfigError, match="engine.precision"):
+        config.load(tiny_config, overrides=["engine.precision=fp16"])
+    with pytest.raises(config.ConfigError, match="engine.max_stack"):
+        config.load(tiny_config, overrides=["engine.max_stack=-1"])
+    base = config.load(tiny_config)
+    assert "engine" not in base.identity()  # fp32 sweeps keep the identity they had before [engine]
+    assert config.load(tiny_config, overrides=["engine.stack=on", "engine.compile=true"]).identity() == base.identity()
+    bf = config.load(tiny_config, overrides=["engine.precision=bf16"])
+    assert bf.identity()["engine"] == {"precision": "bf16"}
+    with pytest.raises(config.ConfigError, match="engine.precision: 'bf16' is autocast on CUDA"):
+        run_sweep(bf, tmp_path / "sw", executor=InlineExecutor(), device="cpu", progress=False)
+    assert sweep.stacks(base, "cuda") and not sweep.stacks(base, "cpu")  # auto: stacked on GPUs only
+    assert sweep.stacks(config.load(tiny_config, overrides=["engine.stack=on"]), "cpu")
+    assert not sweep.stacks(config.load(tiny_config, overrides=["engine.stack=off"]), "cuda")
