@@ -83,6 +83,11 @@ def make_optimisation(model: torch.nn.Module, cfg, n_train: int
 REDUCE_BYTES = 4 * 2**20
 
 
+# Within a pass, pending site tensors are reduced once they exceed this (a 64-seed stack's site tensor
+# is 1-8 GB: each is reduced when the next arrives); small models wait for the pass's end (above).
+PASS_BYTES = 64 * 2**20
+
+
 # Moment sums are turned into rows (one summary pass for all of them) at the end of the run, or
 # earlier at an epoch end once they hold this much: a long run of a large model would otherwise keep
 # a [tensors, channels] float64 state for every recorded step.
@@ -132,8 +137,8 @@ class SiteRecorder:
         if self._last is not None and x is self._last:
             self.items.append((keys, self.items[-1][1]))
             return
-        if self.nbytes >= REDUCE_BYTES:  # no alias of the pending tensors can follow: reduce them now,
-            self.reduce()                # so a large model's pass never holds all its site tensors
+        if self.nbytes >= PASS_BYTES:  # no alias of the pending tensors can follow: reduce them now,
+            self.reduce()              # so a large model's pass never holds all its site tensors
         t = x.detach() if self._rows is None else x.detach()[: self._rows]
         self.items.append((keys, self._view(t)))
         self._last = x

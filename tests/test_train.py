@@ -194,6 +194,7 @@ def test_moment_rows_do_not_depend_on_when_they_are_reduced_or_summarised(data_r
     run = _runs(data_root, tmp_path, epochs=2)[4]  # cnn
     late = train(run)  # defaults: tensors reduced in batches, rows made at the end of the run
     monkeypatch.setattr(train_mod, "REDUCE_BYTES", 0)  # each pass reduced as it ends
+    monkeypatch.setattr(train_mod, "PASS_BYTES", 0)  # and each site tensor as the next one arrives
     monkeypatch.setattr(train_mod, "MOMENT_STATE_BYTES", 0)  # rows made at every epoch end
     early = train(run)
     assert late.run["test_loss"] == early.run["test_loss"]
@@ -214,7 +215,7 @@ def test_a_pass_over_the_reduce_threshold_holds_one_site_tensor_at_a_time(placem
     # a large model's recorded pass must not keep every site tensor alive until the pass ends
     import bnstats.train as train_mod
 
-    monkeypatch.setattr(train_mod, "REDUCE_BYTES", 0)
+    monkeypatch.setattr(train_mod, "PASS_BYTES", 0)
     model = models.build(config.ModelConfig(arch="cnn", placement=placement), (1, 40), 10)
     models.init_parameters(model, 0)
     x = torch.randn(16, 1, 40, generator=torch.Generator().manual_seed(1))
