@@ -136,17 +136,24 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     # warm-up (not timed): one short run, so one-off costs (imports, allocator, oneDNN) are not counted
     warm = replace(runs[0], train=replace(runs[0].train, epochs=1))
     train.train(warm)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     if kind == "loader":
         accs = [loader_run(r) for r in runs]
     elif kind.startswith("stack"):
         accs = [o.run["test_acc"] for o in engine.train_stack(runs, device="cpu")]
     else:
         accs = [train.train(r).run["test_acc"] for r in runs]
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "run_epochs": len(runs) * case["epochs"],
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "run_epochs": len(runs) * case["epochs"],
             "images": len(runs) * case["epochs"] * len(ds.x_train), "maxrss_mb": _maxrss_mb(),
             "mean_test_acc": sum(accs) / len(accs)}
+
+
+def _cpu_s() -> float:
+    """This process's CPU time (user + system): unlike wall time, not stretched while a shared host
+    runs someone else on our core (steal), so single-threaded cases compare more steadily."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _maxrss_mb() -> float:
@@ -194,6 +201,9 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                       "images_per_s": rs[0]["images"] / wall,
                       "s_per_1000_run_epochs": wall / rs[0]["run_epochs"] * 1000,
                       "maxrss_mb": max(r["maxrss_mb"] for r in rs), "reps": len(rs),
+                      **({"cpu_s_median": statistics.median(r["cpu_s"] for r in rs),
+                          "cpu_s_by_rep": {r["rep"]: r["cpu_s"] for r in rs if "rep" in r}}
+                         if all("cpu_s" in r for r in rs) else {}),
                       **({"mean_test_acc": rs[0]["mean_test_acc"]} if "mean_test_acc" in rs[0] else {})}
     return out
 
@@ -212,19 +222,23 @@ RATIOS = (  # (name, case, baseline case) per arch
 def ratios(summary: dict[str, dict[str, Any]], archs: list[str]) -> dict[str, float]:
     """Throughput ratios (>1: the first is faster) from one invocation: the median over repetitions of
     the ratio within each repetition (cases of a repetition run back to back, so a machine whose speed
-    drifts moves both), or the ratio of medians where repetitions are not labelled."""
-    def r(a: str, b: str) -> float:
-        ra, rb = summary[a].get("wall_s_by_rep", {}), summary[b].get("wall_s_by_rep", {})
+    drifts moves both), or the ratio of medians where repetitions are not labelled. Single-process cases
+    also get the ratio of their CPU times (``(CPU time)``), which a host's steal time does not stretch."""
+    def r(a: str, b: str, clock: str = "wall_s") -> float:
+        ra, rb = summary[a].get(f"{clock}_by_rep", {}), summary[b].get(f"{clock}_by_rep", {})
         common = sorted(set(ra) & set(rb))
         if common:
             return statistics.median(rb[k] / ra[k] for k in common)
-        return summary[b]["wall_s_median"] / summary[a]["wall_s_median"]
+        return summary[b][f"{clock}_median"] / summary[a][f"{clock}_median"]
 
     out: dict[str, float] = {}
     for arch in archs:
         for name, faster, slower in RATIOS:
-            if f"{arch}/{faster}" in summary and f"{arch}/{slower}" in summary:
-                out[f"{arch}: {name}"] = r(f"{arch}/{faster}", f"{arch}/{slower}")
+            a, b = f"{arch}/{faster}", f"{arch}/{slower}"
+            if a in summary and b in summary:
+                out[f"{arch}: {name}"] = r(a, b)
+                if "cpu_s_median" in summary[a] and "cpu_s_median" in summary[b]:
+                    out[f"{arch}: {name} (CPU time)"] = r(a, b, "cpu_s")
     both = [a for a in archs if f"{a}/stack" in summary and f"{a}/loader" in summary]
     if len(both) > 1:  # the default sweep has as many mlp as cnn cells: the sweep's ratio is of the sums
         out["default sweep (sum over archs): stack / loader"] = (
@@ -236,12 +250,14 @@ def ratios(summary: dict[str, dict[str, Any]], archs: list[str]) -> dict[str, fl
 
 
 def table(summary: dict[str, dict[str, Any]], rats: dict[str, float]) -> str:
-    lines = [f"{'case':<24}{'images/s':>12}{'s/1000 run-epochs':>20}{'wall s (median)':>17}{'peak RSS MB':>13}"]
+    lines = [f"{'case':<24}{'images/s':>12}{'s/1000 run-epochs':>20}{'wall s (median)':>17}{'CPU s':>8}"
+             f"{'peak RSS MB':>13}"]
     for label, s in summary.items():
+        cpu = f"{s['cpu_s_median']:.2f}" if "cpu_s_median" in s else "-"
         lines.append(f"{label:<24}{s['images_per_s']:>12.0f}{s['s_per_1000_run_epochs']:>20.1f}"
-                     f"{s['wall_s_median']:>17.2f}{s['maxrss_mb']:>13.0f}")
+                     f"{s['wall_s_median']:>17.2f}{cpu:>8}{s['maxrss_mb']:>13.0f}")
     lines.append("")
-    lines += [f"{k:<50}{v:>8.2f}x" for k, v in rats.items()]
+    lines += [f"{k:<60}{v:>8.2f}x" for k, v in rats.items()]
     return "\n".join(lines)
 
 

@@ -29,6 +29,18 @@ def test_ratios_paired_by_repetition_and_table():
     assert bench.ratios(summ, ["mlp"]) == {"mlp: stack / loader": 4.0}
 
 
+def test_cpu_time_ratios_beside_wall_time_ones():
+    summ = bench._summary([
+        {"label": f"cnn/{case}", "wall_s": w, "cpu_s": c, "images": 1000, "run_epochs": 10, "maxrss_mb": 1.0,
+         "rep": i}
+        for case, ws, cs in (("single", (10.0, 20.0), (9.0, 9.5)), ("single_mom_off", (9.0, 30.0), (8.55, 8.55)))
+        for i, (w, c) in enumerate(zip(ws, cs, strict=True))])
+    assert summ["cnn/single"]["cpu_s_median"] == 9.25
+    rats = bench.ratios(summ, ["cnn"])
+    assert rats["cnn: single moments every 10 / off"] == pytest.approx((0.9 + 1.5) / 2)  # wall: noisy
+    assert rats["cnn: single moments every 10 / off (CPU time)"] == pytest.approx((0.95 + 0.9) / 2)
+
+
 def test_loader_baseline_learns(data_root):
     runs = bench.arm_runs("mlp", seeds=1, epochs=2, data_root=str(data_root))
     assert len(runs) == 1 and runs[0].train.batch_size == 128
