@@ -114,16 +114,20 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
         stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(store, ids, stop), daemon=True)
         beat.start()
+        written: set[str] = set()
         try:
             results = train_runs(group, device, stack=task.stack, git_commit=task.git_commit, **task.engine)
             for result in results:
                 stored = store.write(result)
+                written.add(result.run["run_id"])
                 out.append({"run_id": result.run["run_id"], "status": "trained" if stored else "skipped",
                             "test_acc": result.run["test_acc"], "wall_time_s": result.run["wall_time_s"]})
         except Exception as exc:  # recorded, retried on the next launch; never stops the sweep
-            for run in group:  # a stack that raises takes all its seeds with it (none was stored)
-                store.record_failure(run, exc)
-                out.append({"run_id": run.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            for run in group:  # a stack that raises takes its seeds not yet stored with it
+                if run.run_id not in written:
+                    store.record_failure(run, exc)
+                    out.append({"run_id": run.run_id, "status": "failed",
+                                "error": f"{type(exc).__name__}: {exc}"})
         finally:
             stop.set()
             for run_id in ids:

@@ -279,3 +279,24 @@ def test_engine_options_are_validated_and_bf16_binds_the_store(tiny_config, tmp_
     assert sweep.stacks(base, "cuda") and not sweep.stacks(base, "cpu")  # auto: stacked on GPUs only
     assert sweep.stacks(config.load(tiny_config, overrides=["engine.stack=on"]), "cpu")
     assert not sweep.stacks(config.load(tiny_config, overrides=["engine.stack=off"]), "cuda")
+
+
+def test_a_stack_whose_store_fails_midway_keeps_the_runs_it_stored(tiny_config, tmp_path, monkeypatch):
+    real, calls = store.Store.write, []
+
+    def flaky_write(self, output):
+        calls.append(output.run["run_id"])
+        if len(calls) == 2:
+            raise OSError("disk full, say")
+        return real(self, output)
+
+    monkeypatch.setattr(store.Store, "write", flaky_write)
+    on = config.load(tiny_config, seeds=3, overrides=["engine.stack=on", "grid.arch=[\"mlp\"]",
+                                                      "grid.placement=[\"before\"]"])
+    s = run_sweep(on, tmp_path / "sw", executor=InlineExecutor(), device="cpu", progress=False,
+                  log=lambda m: None)
+    ids = {r.run_id for r in on.runs()}
+    assert len(ids) == 3 and s.trained == 1 and len(calls) == 2  # the second write raised
+    assert {rid for rid, _ in s.failed} == ids - {calls[0]}  # the stored run is not reported failed
+    assert {p.stem for p in (tmp_path / "sw" / "failed").glob("*.json")} == ids - {calls[0]}
+    assert set(store.load(tmp_path / "sw").runs["run_id"]) == {calls[0]}
