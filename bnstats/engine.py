@@ -437,11 +437,6 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
         with torch.no_grad(), autocast, rec.recording(model, epoch=epoch, step=step, source="probe"):
             model(probe_x, shared=True)
 
-    def flush_moments() -> None:
-        for i, (rows, ch) in enumerate(rec.rows_per_seed(mc.per_channel)):
-            moments[i].extend(rows)
-            moments_channel[i].extend(ch)
-
     if mc.enabled:
         probe(0, 0)
 
@@ -595,6 +590,16 @@ def group_by_arm(runs: Sequence[RunConfig]) -> list[list[RunConfig]]:
     return list(groups.values())
 
 
+def stacks_of(runs: Sequence[RunConfig], max_stack: int = 0) -> list[list[RunConfig]]:
+    """The runs grouped by arm (:func:`group_by_arm`), each arm cut into stacks of at most ``max_stack``
+    seeds (0: no cap)."""
+    out = []
+    for group in group_by_arm(runs):
+        cap = max_stack or len(group)
+        out += [group[j:j + cap] for j in range(0, len(group), cap)]
+    return out
+
+
 def train_runs(runs: Sequence[RunConfig], device: str | torch.device = "cpu", *, stack: bool = True,
                max_stack: int = 0, git_commit: str = "", precision: str = "fp32",
                deterministic: bool = False, compile: bool = False) -> list[RunOutput]:
@@ -611,18 +616,15 @@ def train_runs(runs: Sequence[RunConfig], device: str | torch.device = "cpu", *,
     if max_stack < 0:
         raise ValueError(f"max_stack: expected an integer >= 0 (0 = no cap), got {max_stack!r}")
     by_id: dict[int, RunOutput] = {}
-    for group in group_by_arm(runs) if stack else [[r] for r in runs]:
-        cap = max_stack or len(group)
-        for j in range(0, len(group), cap):
-            chunk = group[j:j + cap]
-            if len(chunk) > 1 or precision != "fp32" or (compile and device.type == "cuda"):
-                outs = train_stack(chunk, device=device, git_commit=git_commit, precision=precision,
-                                   deterministic=deterministic, compile=compile)
-            else:
-                with deterministic_mode(deterministic, device):
-                    outs = [training.train(chunk[0], device=device, git_commit=git_commit)]
-                outs[0].run.update(engine="single", stack_size=1, precision="fp32",
-                                   deterministic=deterministic, compiled=False)
-            for r, o in zip(chunk, outs, strict=True):
-                by_id[id(r)] = o
+    for chunk in stacks_of(runs, max_stack) if stack else [[r] for r in runs]:
+        if len(chunk) > 1 or precision != "fp32" or (compile and device.type == "cuda"):
+            outs = train_stack(chunk, device=device, git_commit=git_commit, precision=precision,
+                               deterministic=deterministic, compile=compile)
+        else:
+            with deterministic_mode(deterministic, device):
+                outs = [training.train(chunk[0], device=device, git_commit=git_commit)]
+            outs[0].run.update(engine="single", stack_size=1, precision="fp32",
+                               deterministic=deterministic, compiled=False)
+        for r, o in zip(chunk, outs, strict=True):
+            by_id[id(r)] = o
     return [by_id[id(r)] for r in runs]

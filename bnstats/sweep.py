@@ -102,10 +102,10 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
     runs = [RunConfig.from_dict(raw) for raw in task.runs]
     if task.stack:  # claim the arm's seeds, train those claimed together; the others are someone else's
         claimed = [r for r in runs if store.claim(r.run_id)]
+        out = [{"run_id": r.run_id, "status": "skipped"} for r in runs if r not in claimed]
         groups = [claimed] if claimed else []
     else:  # one at a time, each claimed just before it trains
-        claimed, groups = [], [[r] for r in runs]
-    out = [{"run_id": r.run_id, "status": "skipped"} for r in runs if task.stack and r not in claimed]
+        out, groups = [], [[r] for r in runs]
     for group in groups:
         if not task.stack and not store.claim(group[0].run_id):
             out.append({"run_id": group[0].run_id, "status": "skipped"})
@@ -166,13 +166,9 @@ def pack(runs: list[RunConfig], runs_per_task: int, store: Store, device: str, c
 
     if not stack:
         return [task(runs[i:i + runs_per_task], False) for i in range(0, len(runs), runs_per_task)]
-    from .engine import group_by_arm
+    from .engine import stacks_of
 
-    out = []
-    for group in group_by_arm(runs):
-        cap = max_stack or len(group)
-        out += [task(group[i:i + cap], True) for i in range(0, len(group), cap)]
-    return out
+    return [task(chunk, True) for chunk in stacks_of(runs, max_stack)]
 
 
 def stacks(config: SweepConfig, device: str) -> bool:
