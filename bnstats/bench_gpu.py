@@ -30,7 +30,6 @@ import datetime as _dt
 import json
 import os
 import pickle
-import platform
 import sys
 import tempfile
 import time
@@ -421,15 +420,16 @@ def checks(device: str, data_root: str, *, epochs: int = 2, small: bool = False)
 
 
 def _environment(device: str) -> dict[str, Any]:
-    env = {"date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%MZ"), "torch": torch.__version__,
-           "python": platform.python_version(), "cpus": os.cpu_count(), "hostname": platform.node(),
-           "device": "cpu"}
-    if torch.device(device).type == "cuda":
-        p = torch.cuda.get_device_properties(0)
-        env.update(device=p.name, gpu_memory_gb=round(p.total_memory / 2**30, 1),
-                   multiprocessors=p.multi_processor_count, cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version())
-    return env
+    """:func:`bench._environment` plus the GPU's properties (``device`` is ``cpu`` for the dry run)."""
+    from .bench import _environment as base
+
+    env = base()
+    if torch.device(device).type != "cuda":
+        return env | {"device": "cpu"}
+    p = torch.cuda.get_device_properties(0)
+    return env | {"device": p.name, "gpu_memory_gb": round(p.total_memory / 2**30, 1),
+                  "multiprocessors": p.multi_processor_count, "cuda": torch.version.cuda,
+                  "cudnn": torch.backends.cudnn.version()}
 
 
 def plan(dry: bool, name: str = "full") -> list[tuple[str, dict[str, Any]]]:

@@ -228,8 +228,8 @@ def _workspace(size: int, dtype: torch.dtype, device: torch.device) -> tuple[tor
     """Two buffers of at least ``size`` values, kept per thread, dtype and device between calls.
 
     A fresh megabyte-sized allocation is a fresh mapping: its page faults cost more than the
-    arithmetic done in it. Each buffer holds ``_PIECE`` values (2 MB in float32), more only when a
-    single channel of one batch is larger.
+    arithmetic done in it. Each buffer holds a piece (``_PIECE`` values, 2 MB in float32, on a CPU;
+    ``_PIECE_GPU`` on a GPU), more only when a single channel of one batch is larger.
     """
     cache = _WORKSPACE.__dict__.setdefault("buffers", {})
     key = (dtype, device)
@@ -243,7 +243,7 @@ def _workspace(size: int, dtype: torch.dtype, device: torch.device) -> tuple[tor
 def _central_sums(parts: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Per-(group, channel) mean, ``M2``, ``M3``, ``M4`` and zero count of a batch, float64, ``[G * C]``.
 
-    ``parts`` holds one ``[N, C, S]`` tensor per group. Pieces of at most ``_PIECE`` values are copied
+    ``parts`` holds one ``[N, C, S]`` tensor per group. Pieces of at most ``_PIECE`` (GPU: ``_PIECE_GPU``) values are copied
     into one reused buffer (float32, or float64 for float64 input) and reduced there, per channel:
     shifted by one of the channel's values (so a constant channel's deviations are exactly zero), then
     by the mean of what is left, giving deviations ``d`` and their sums ``S_p``. The float64 central
