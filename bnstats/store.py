@@ -93,13 +93,20 @@ def _read_run_ids(path: Path) -> set[str]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs. A zombie (exited, not yet reaped: a killed
+    worker whose parent, the pool's fork server, exited first) answers ``kill(pid, 0)`` but trains
+    nothing, so it counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or it just went
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # the state follows the command name's ")"
 
 
 class Store:

@@ -373,3 +373,17 @@ def test_status_json_and_text(tiny_config, tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "5 done, 1 running, 1 failed, 5 missing" in text and "RuntimeError: boom" in text
     assert "(this host): 1" in text
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_zombie_worker_holds_no_claim():
+    # a killed worker not yet reaped answers kill(pid, 0); its claims must still count as stale
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline and Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+        time.sleep(0.01)  # exited, not reaped: a zombie
+    try:
+        assert store._pid_alive(os.getpid()) and not store._pid_alive(child.pid)
+    finally:
+        child.wait()
+    assert not store._pid_alive(child.pid)
