@@ -16,6 +16,12 @@ medians taken, because the machines we share are noisy; every ratio comes from o
 The GPU cases (issue 6: 2-D CNNs on 32×32×3 images, many seeds per chip) are in
 :mod:`bnstats.bench_gpu` (``bash benchmarks/gpu_check.sh``).
 
+``--rounds N`` times each arch's cases alternately in one process instead, N rounds (the order rotated
+every round): adjacent runs see the same speed of a shared host's core, so a small ratio (moments
+every 10 steps / off) comes out of the noise; every ratio with 6 or more repetitions gets a 95%
+confidence interval for its median (:func:`ratio_intervals`). Cases with moments also report the
+share of their wall time spent in the moment arithmetic (``moments %``), timed inside the run.
+
 ``images/s`` counts training examples summed over seeds (seeds × epochs × training-set size) per
 second of wall time, evaluation and moments included; ``s/1000 run-epochs`` is the wall time per
 1000 epochs of one run.
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -106,12 +113,19 @@ def loader_run(run, device: str = "cpu", num_workers: int = 0) -> float:
     return acc
 
 
+MOMENTS_OF_CASE = {"stack_mom_off": "off", "single_mom_off": "off", "stack_mom_1": "1", "single_mom_1": "1"}
+
+
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    """Time one case in this process (called in a fresh subprocess by :func:`main`)."""
+    """Time one case in this process (called in a fresh subprocess by :func:`main`).
+
+    A case with ``rounds`` times its ``kinds`` alternately in this one process instead (see ``--rounds``)
+    and returns ``{"rounds": [result, ...]}``.
+    """
     if "cpu" in case:  # --concurrent: this case has one processor to itself
         os.sched_setaffinity(0, {case["cpu"]})
     torch.set_num_threads(case.get("threads", 1))
-    from . import data, engine, sweep, train
+    from . import data, sweep, train
 
     kind = case["case"]
     if kind.startswith("sweep_"):
@@ -129,14 +143,50 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         n = len(data.load(cfg.dataset, case["data_root"]).x_train)
         return {"wall_s": wall, "run_epochs": len(runs) * case["epochs"],
                 "images": len(runs) * case["epochs"] * n, "maxrss_mb": _maxrss_mb()}
-    moments = {"stack_mom_off": "off", "single_mom_off": "off", "stack_mom_1": "1", "single_mom_1": "1"}.get(kind, "10")
-    runs = arm_runs(case["arch"], seeds=case["seeds"], epochs=case["epochs"], data_root=case["data_root"],
-                    moments=moments)
-    ds = data.load(runs[0].dataset, runs[0].data.root)
+    kinds = case["kinds"] if "rounds" in case else [kind]
+    runs_of = {k: arm_runs(case["arch"], seeds=case["seeds"], epochs=case["epochs"], data_root=case["data_root"],
+                           moments=MOMENTS_OF_CASE.get(k, "10")) for k in kinds}
+    first = runs_of[kinds[0]][0]
     # warm-up (not timed): one short run, so one-off costs (imports, allocator, oneDNN) are not counted
-    warm = replace(runs[0], train=replace(runs[0].train, epochs=1))
-    train.train(warm)
-    t0, c0 = time.perf_counter(), _cpu_s()
+    train.train(replace(first, train=replace(first.train, epochs=1)))
+    clock = _MomentClock()
+    if "rounds" not in case:
+        return _time_case(kind, runs_of[kind], clock)
+    out = []
+    for r in range(case["rounds"]):  # order rotated every round, so no kind always follows another
+        k0 = r % len(kinds)
+        for k in kinds[k0:] + kinds[:k0]:
+            out.append({**_time_case(k, runs_of[k], clock), "kind": k, "round": r})
+    return {"rounds": out}
+
+
+class _MomentClock:
+    """Wall time spent in the moment arithmetic (reductions and summaries) while installed: the share
+    of a run the moments take, measured inside the run itself, which a host's drifting speed moves
+    alike on both sides."""
+
+    def __init__(self) -> None:
+        from . import moments, train
+
+        self.seconds = 0.0
+        for owner, name in ((moments.MomentAccumulator, "from_tensors"), (train, "summarize_many")):
+            setattr(owner, name, self._timed(getattr(owner, name)))
+
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+        return timed
+
+
+def _time_case(kind: str, runs: list, clock: _MomentClock) -> dict[str, Any]:
+    from . import data, engine, train
+
+    ds = data.load(runs[0].dataset, runs[0].data.root)
+    t0, c0, m0 = time.perf_counter(), _cpu_s(), clock.seconds
     if kind == "loader":
         accs = [loader_run(r) for r in runs]
     elif kind.startswith("stack"):
@@ -144,8 +194,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     else:
         accs = [train.train(r).run["test_acc"] for r in runs]
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
-    return {"wall_s": wall, "cpu_s": cpu, "run_epochs": len(runs) * case["epochs"],
-            "images": len(runs) * case["epochs"] * len(ds.x_train), "maxrss_mb": _maxrss_mb(),
+    return {"wall_s": wall, "cpu_s": cpu, "moments_s": clock.seconds - m0, "run_epochs": len(runs) * runs[0].train.epochs,
+            "images": len(runs) * runs[0].train.epochs * len(ds.x_train), "maxrss_mb": _maxrss_mb(),
             "mean_test_acc": sum(accs) / len(accs)}
 
 
@@ -204,6 +254,8 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                       **({"cpu_s_median": statistics.median(r["cpu_s"] for r in rs),
                           "cpu_s_by_rep": {r["rep"]: r["cpu_s"] for r in rs if "rep" in r}}
                          if all("cpu_s" in r for r in rs) else {}),
+                      **({"moments_share_median": statistics.median(r["moments_s"] / r["wall_s"] for r in rs)}
+                         if all(r.get("moments_s") for r in rs) else {}),
                       **({"mean_test_acc": rs[0]["mean_test_acc"]} if "mean_test_acc" in rs[0] else {})}
     return out
 
@@ -219,45 +271,76 @@ RATIOS = (  # (name, case, baseline case) per arch
 )
 
 
+def _rep_ratios(summary: dict[str, dict[str, Any]], a: str, b: str, clock: str = "wall_s") -> list[float]:
+    """Per-repetition ratios of ``b``'s time to ``a``'s (>1: ``a`` is faster), repetitions both have."""
+    ra, rb = summary[a].get(f"{clock}_by_rep", {}), summary[b].get(f"{clock}_by_rep", {})
+    return [rb[k] / ra[k] for k in sorted(set(ra) & set(rb))]
+
+
+def _ratio_pairs(summary: dict[str, dict[str, Any]], archs: list[str]) -> Iterator[tuple[str, str, str, str]]:
+    """(name, faster case, slower case, clock) of every per-arch ratio the summary can give."""
+    for arch in archs:
+        for name, faster, slower in RATIOS:
+            a, b = f"{arch}/{faster}", f"{arch}/{slower}"
+            if a in summary and b in summary:
+                yield f"{arch}: {name}", a, b, "wall_s"
+                if "cpu_s_median" in summary[a] and "cpu_s_median" in summary[b]:
+                    yield f"{arch}: {name} (CPU time)", a, b, "cpu_s"
+    if "sweep_w1" in summary and "sweep_w2" in summary:
+        yield "sweep: workers 2 / workers 1", "sweep_w2", "sweep_w1", "wall_s"
+
+
 def ratios(summary: dict[str, dict[str, Any]], archs: list[str]) -> dict[str, float]:
     """Throughput ratios (>1: the first is faster) from one invocation: the median over repetitions of
     the ratio within each repetition (cases of a repetition run back to back, so a machine whose speed
     drifts moves both), or the ratio of medians where repetitions are not labelled. Single-process cases
     also get the ratio of their CPU times (``(CPU time)``), which a host's steal time does not stretch."""
-    def r(a: str, b: str, clock: str = "wall_s") -> float:
-        ra, rb = summary[a].get(f"{clock}_by_rep", {}), summary[b].get(f"{clock}_by_rep", {})
-        common = sorted(set(ra) & set(rb))
-        if common:
-            return statistics.median(rb[k] / ra[k] for k in common)
-        return summary[b][f"{clock}_median"] / summary[a][f"{clock}_median"]
-
     out: dict[str, float] = {}
-    for arch in archs:
-        for name, faster, slower in RATIOS:
-            a, b = f"{arch}/{faster}", f"{arch}/{slower}"
-            if a in summary and b in summary:
-                out[f"{arch}: {name}"] = r(a, b)
-                if "cpu_s_median" in summary[a] and "cpu_s_median" in summary[b]:
-                    out[f"{arch}: {name} (CPU time)"] = r(a, b, "cpu_s")
+    for name, a, b, clock in _ratio_pairs(summary, archs):
+        per_rep = _rep_ratios(summary, a, b, clock)
+        out[name] = (statistics.median(per_rep) if per_rep
+                     else summary[b][f"{clock}_median"] / summary[a][f"{clock}_median"])
     both = [a for a in archs if f"{a}/stack" in summary and f"{a}/loader" in summary]
     if len(both) > 1:  # the default sweep has as many mlp as cnn cells: the sweep's ratio is of the sums
         out["default sweep (sum over archs): stack / loader"] = (
             sum(summary[f"{a}/loader"]["wall_s_median"] for a in both)
             / sum(summary[f"{a}/stack"]["wall_s_median"] for a in both))
-    if "sweep_w1" in summary and "sweep_w2" in summary:
-        out["sweep: workers 2 / workers 1"] = r("sweep_w2", "sweep_w1")
     return out
 
 
-def table(summary: dict[str, dict[str, Any]], rats: dict[str, float]) -> str:
+def ratio_intervals(summary: dict[str, dict[str, Any]], archs: list[str], level: float = 0.95
+                    ) -> dict[str, dict[str, float]]:
+    """A distribution-free confidence interval for the median of each ratio's per-repetition values
+    (the order-statistic interval of ``scipy.stats.quantile_test``): how far the noise of the host
+    leaves the median ratio uncertain. Needs at least 6 repetitions (with 5 no pair of order
+    statistics covers the median with 95%: their interval is infinite)."""
+    from scipy import stats
+
+    out = {}
+    for name, a, b, clock in _ratio_pairs(summary, archs):
+        per_rep = _rep_ratios(summary, a, b, clock)
+        if len(per_rep) >= 6:
+            ci = stats.quantile_test(per_rep, p=0.5).confidence_interval(level)
+            out[name] = {"low": float(ci.low), "high": float(ci.high), "n": len(per_rep), "level": level}
+    return out
+
+
+def table(summary: dict[str, dict[str, Any]], rats: dict[str, float],
+          intervals: dict[str, dict[str, float]] | None = None) -> str:
+    shares = any("moments_share_median" in s for s in summary.values())
     lines = [f"{'case':<24}{'images/s':>12}{'s/1000 run-epochs':>20}{'wall s (median)':>17}{'CPU s':>8}"
-             f"{'peak RSS MB':>13}"]
+             f"{'peak RSS MB':>13}" + (f"{'moments %':>11}" if shares else "")]
     for label, s in summary.items():
         cpu = f"{s['cpu_s_median']:.2f}" if "cpu_s_median" in s else "-"
+        share = f"{100 * s['moments_share_median']:>11.1f}" if "moments_share_median" in s else (
+            f"{'-':>11}" if shares else "")
         lines.append(f"{label:<24}{s['images_per_s']:>12.0f}{s['s_per_1000_run_epochs']:>20.1f}"
-                     f"{s['wall_s_median']:>17.2f}{cpu:>8}{s['maxrss_mb']:>13.0f}")
+                     f"{s['wall_s_median']:>17.2f}{cpu:>8}{s['maxrss_mb']:>13.0f}{share}")
     lines.append("")
-    lines += [f"{k:<60}{v:>8.2f}x" for k, v in rats.items()]
+    for k, v in rats.items():
+        ci = (intervals or {}).get(k)
+        lines.append(f"{k:<60}{v:>8.3f}x" + (f"  {ci['level']:.0%} CI [{ci['low']:.3f}, {ci['high']:.3f}], "
+                                              f"n = {ci['n']}" if ci else ""))
     return "\n".join(lines)
 
 
@@ -273,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-sweep", action="store_true", help="skip the workers 1 vs 2 case")
     p.add_argument("--concurrent", action="store_true",
                    help="run the cases two at a time, one processor each (e.g. --cases single single_mom_off)")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="instead of --reps fresh processes: time each arch's cases alternately in one process, "
+                        "this many rounds (adjacent runs see the same host speed; for small ratios)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes everywhere, to check the script")
     p.add_argument("--data-root", default="data/cache")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/<device>-<date>.json)")
@@ -300,7 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--concurrent needs two processors")
     if a.concurrent and not a.no_sweep:
         p.error("--concurrent: add --no-sweep (the workers case needs both processors)")
-    for rep in range(a.reps):  # interleaved: A B C ... A B C ..., the order rotated every repetition
+    if a.rounds and (a.concurrent or not a.no_sweep):
+        p.error("--rounds: add --no-sweep, and leave out --concurrent (each arch's cases share one process)")
+    for arch in a.archs if a.rounds else []:
+        case = {"case": "rounds", "kinds": a.cases, "rounds": a.rounds, "arch": arch, "seeds": a.seeds,
+                "epochs": a.epochs, "data_root": a.data_root}
+        for res in _subprocess_cases([case])[0]["rounds"]:
+            results.append({**res, "label": f"{arch}/{res['kind']}", "rep": res["round"]})
+        print(f"  {arch}: {a.rounds} rounds of {', '.join(a.cases)} done", file=sys.stderr, flush=True)
+    for rep in range(0 if a.rounds else a.reps):  # interleaved: A B C ... A B C ..., the order rotated every repetition
         k = rep % max(1, len(cases))
         order = cases if a.concurrent else cases[k:] + cases[:k]
         # --concurrent: consecutive cases in pairs at the same time, one processor each, swapped every
@@ -315,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  rep {rep} {case['label']:<22} {res['wall_s']:8.2f} s", file=sys.stderr, flush=True)
     summary = _summary(results)
     rats = ratios(summary, a.archs)
+    intervals = ratio_intervals(summary, a.archs)
     doc: dict[str, Any] = {"environment": env, "args": {k: v for k, v in vars(a).items() if k != "_case"},
-                           "summary": summary, "ratios": rats, "raw": results,
+                           "summary": summary, "ratios": rats, "ratio_intervals": intervals, "raw": results,
                            "command": "python -m bnstats.bench " + " ".join(argv if argv is not None
                                                                             else sys.argv[1:])}
     out = Path(a.out) if a.out else REPO / "benchmarks" / (
@@ -324,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, default=str))
-    print(table(summary, rats))
+    print(table(summary, rats, intervals))
     print(f"\nwritten: {out}")
     return 0
 

@@ -64,6 +64,7 @@ from .train import (
     exact_fp32,
     make_optimisation,
     probe_in_evaluation,
+    row_keys,
     versions,
 )
 
@@ -278,7 +279,8 @@ class StackRecorder(SiteRecorder):
         s = self.seeds
         labels, _, summaries, results = self._reduced(per_channel)
         out: list[tuple[list[dict], list[dict]]] = [([], []) for _ in range(s)]
-        for keys, a, i in labels:  # accumulator a holds [K, S, C]: tensor i, seed
+        for label, a, i in labels:  # accumulator a holds [K, S, C]: tensor i, seed
+            keys = row_keys(label)
             summ = summaries[a]
             for seed in range(s):
                 out[seed][0].append({**keys, **{k: v[i * s + seed] for k, v in summ.items()}})

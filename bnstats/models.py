@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import itertools
 import math
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -433,14 +434,22 @@ def set_dropout_generator(model: nn.Module, generator: torch.Generator) -> None:
             m.generator = generator
 
 
+_BLOCKS: weakref.WeakKeyDictionary[nn.Module, list[Block]] = weakref.WeakKeyDictionary()
+
+
 @contextlib.contextmanager
 def record(model: nn.Module, recorder: Recorder) -> Iterator[None]:
     """Within the block, every block reports its sites to ``recorder(layer_index, site, tensor)``."""
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    # A loop records every 10th step: walking the module tree and nn.Module.__setattr__ each time
+    # cost as much as the moments of a small MLP's pass. The blocks are found once per model, and the
+    # attribute (never a module or parameter) is set directly.
+    blocks = _BLOCKS.get(model)
+    if blocks is None:
+        blocks = _BLOCKS[model] = [m for m in model.modules() if isinstance(m, Block)]
     for b in blocks:
-        b.recorder = recorder
+        object.__setattr__(b, "recorder", recorder)
     try:
         yield
     finally:
         for b in blocks:
-            b.recorder = None
+            object.__setattr__(b, "recorder", None)

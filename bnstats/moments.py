@@ -443,17 +443,19 @@ class MomentAccumulator:
         tensors = list(tensors)
         if not tensors:
             raise ValueError("from_tensors needs at least one tensor")
-        parts: list[torch.Tensor] = []
-        for i, t in enumerate(tensors):
-            p, shape = _split_groups(t, channel_dim, f"tensors[{i}]")
-            if i and (t.shape != tensors[0].shape or t.dtype != tensors[0].dtype or t.device != tensors[0].device):
+        t0 = tensors[0]
+        parts, shape = _split_groups(t0, channel_dim, "tensors[0]")
+        view = (len(parts), *parts[0].shape)  # [groups, N, C, S]
+        for i, t in enumerate(tensors[1:], 1):  # checked against the first: cheap for many tensors
+            if not isinstance(t, torch.Tensor) or t.shape != t0.shape or t.dtype != t0.dtype or t.device != t0.device:
+                _split_groups(t, channel_dim, f"tensors[{i}]")  # a type or dtype problem says so
                 raise ValueError(
-                    f"tensors must share shape, dtype and device: tensors[0] is {tuple(tensors[0].shape)} "
-                    f"{tensors[0].dtype} {tensors[0].device}, tensors[{i}] is {tuple(t.shape)} {t.dtype} {t.device}"
+                    f"tensors must share shape, dtype and device: tensors[0] is {tuple(t0.shape)} "
+                    f"{t0.dtype} {t0.device}, tensors[{i}] is {tuple(t.shape)} {t.dtype} {t.device}"
                 )
-            parts += p
+            parts += t.reshape(view).unbind(0) if view[0] > 1 else [t.reshape(view[1:])]
         acc = cls(channel_dim=channel_dim + 1)
-        acc._add_batch(parts, (len(tensors), *shape), tensors[0].device)
+        acc._add_batch(parts, (len(tensors), *shape), t0.device)
         return acc
 
     def _add_batch(self, parts: list[torch.Tensor], shape: tuple[int, ...], device: torch.device) -> None:

@@ -108,13 +108,13 @@ class SiteRecorder:
     channel_dim = 1  # of the site tensors: [N, C, ...]
 
     def __init__(self) -> None:
-        self.items: list[tuple[dict[str, Any], torch.Tensor]] = []  # recorded, not yet reduced
+        self.items: list[tuple[tuple, torch.Tensor]] = []  # ((keys, layer, site), tensor), not yet reduced
         self.nbytes = 0  # of self.items
         self.keys: dict[str, Any] = {}
         self._rows: int | None = None
         self._last: torch.Tensor | None = None
         self._accs: list[MomentAccumulator] = []
-        self._labels: list[tuple[dict[str, Any], int, int]] = []  # keys, accumulator, index in it
+        self._labels: list[tuple[tuple, int, int]] = []  # (keys, layer, site), accumulator, index in it
 
     def start(self, *, rows: int | None = None, **keys: Any) -> SiteRecorder:
         """Begin a forward pass whose sites are labelled with ``keys`` (epoch, step, source).
@@ -133,7 +133,7 @@ class SiteRecorder:
             self.reduce()
 
     def __call__(self, layer: int, site: str, x: torch.Tensor) -> None:
-        keys = {**self.keys, "layer": layer, "site": site}
+        keys = (self.keys, layer, site)  # made a row's dict in rows(): most recordings never need one
         if self._last is not None and x is self._last:
             self.items.append((keys, self.items[-1][1]))
             return
@@ -179,14 +179,24 @@ class SiteRecorder:
     def rows(self, per_channel: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Summary rows (and per-channel rows) of everything recorded, then forget it."""
         labels, _, summaries, results = self._reduced(per_channel)
-        rows = [{**keys, **{k: v[i] for k, v in summaries[a].items()}} for keys, a, i in labels]
+        columns = [(list(summ), list(zip(*summ.values(), strict=True))) for summ in summaries]
+        rows = []
         channel_rows: list[dict[str, Any]] = []
-        if results is not None:
-            for keys, a, i in labels:
+        for label, a, i in labels:
+            keys = row_keys(label)
+            names, values = columns[a]
+            rows.append({**keys, **dict(zip(names, values[i], strict=True))})
+            if results is not None:
                 res = results[a]
                 channel_rows += [{**keys, "channel": c, **{k: float(v[i, c]) for k, v in res.items()}}
                                  for c in range(res["mean"].shape[-1])]
         return rows, channel_rows
+
+
+def row_keys(label: tuple) -> dict[str, Any]:
+    """The keys of a moments row (epoch, step, source, layer, site) from a recorder's label."""
+    keys, layer, site = label
+    return {**keys, "layer": layer, "site": site}
 
 
 def probe_in_evaluation(rec: SiteRecorder, model: torch.nn.Module, run: RunConfig, n_test: int,

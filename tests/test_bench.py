@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -39,6 +40,54 @@ def test_cpu_time_ratios_beside_wall_time_ones():
     rats = bench.ratios(summ, ["cnn"])
     assert rats["cnn: single moments every 10 / off"] == pytest.approx((0.9 + 1.5) / 2)  # wall: noisy
     assert rats["cnn: single moments every 10 / off (CPU time)"] == pytest.approx((0.95 + 0.9) / 2)
+
+
+def test_ratio_interval_is_the_order_statistic_interval_of_the_median():
+    # Per-repetition ratios 0.90, 0.91, ..., 0.99 (n = 10). The distribution-free 95% interval for a
+    # median takes the order statistics x_(r) and x_(n+1-r) with r = qbinom(0.025, 10, 0.5) = 2 in R
+    # (P(Bin(10, 1/2) <= 1) = 11/1024 = 0.011 per side, coverage 0.979; r = 3 would cover only 0.891):
+    # [x_(2), x_(9)] = [0.91, 0.98].
+    ratios_by_rep = [0.90 + 0.01 * i for i in range(10)]
+    order = [3, 7, 0, 9, 1, 5, 8, 2, 6, 4]  # repetitions in any order
+    rows = []
+    for rep in order:
+        rows.append({"label": "cnn/single_mom_off", "wall_s": 10.0, "images": 1, "run_epochs": 1, "maxrss_mb": 1.0,
+                     "rep": rep})
+        rows.append({"label": "cnn/single", "wall_s": 10.0 / ratios_by_rep[rep], "images": 1, "run_epochs": 1,
+                     "maxrss_mb": 1.0, "rep": rep, "moments_s": 0.4})
+    summ = bench._summary(rows)
+    rats = bench.ratios(summ, ["cnn"])
+    ivs = bench.ratio_intervals(summ, ["cnn"])
+    name = "cnn: single moments every 10 / off"
+    assert rats[name] == pytest.approx(0.945)
+    assert ivs[name]["low"] == pytest.approx(0.91) and ivs[name]["high"] == pytest.approx(0.98)
+    assert ivs[name]["low"] <= rats[name] <= ivs[name]["high"] and ivs[name]["n"] == 10
+    # the share of the run spent in the moment code: only where moments ran
+    assert summ["cnn/single"]["moments_share_median"] == pytest.approx(statistics.median(
+        [0.4 * r / 10.0 for r in ratios_by_rep]))
+    assert "moments_share_median" not in summ["cnn/single_mom_off"]
+    assert "95% CI [0.910, 0.980], n = 10" in bench.table(summ, rats, ivs)
+    # fewer than 6 repetitions: no order statistics cover the median with 95%, so no interval
+    few = bench._summary([r for r in rows if r["rep"] < 5])
+    assert bench.ratio_intervals(few, ["cnn"]) == {}
+
+
+def test_rounds_alternate_the_cases_in_one_process(data_root, tmp_path):
+    out = tmp_path / "r.json"
+    args = ["--archs", "mlp", "--cases", "single", "single_mom_off", "--seeds", "1", "--epochs", "1",
+            "--data-root", str(data_root), "--out", str(out)]
+    assert bench.main([*args, "--rounds", "2", "--no-sweep"]) == 0
+    doc = json.loads(out.read_text())
+    raw = [(r["label"], r["rep"]) for r in doc["raw"]]
+    # round 0: single then moments off; round 1 rotated: moments off first
+    assert raw == [("mlp/single", 0), ("mlp/single_mom_off", 0), ("mlp/single_mom_off", 1), ("mlp/single", 1)]
+    assert all(r["moments_s"] > 0 for r in doc["raw"] if r["label"] == "mlp/single")
+    assert all(r["moments_s"] == 0 for r in doc["raw"] if r["label"] == "mlp/single_mom_off")
+    assert 0 < doc["summary"]["mlp/single"]["moments_share_median"] < 1
+    assert set(doc["ratios"]) == {"mlp: single moments every 10 / off", "mlp: single moments every 10 / off (CPU time)"}
+    for bad in (["--rounds", "2"], ["--rounds", "2", "--no-sweep", "--concurrent"]):
+        with pytest.raises(SystemExit):
+            bench.main([*args, *bad])
 
 
 def test_loader_baseline_learns(data_root):
