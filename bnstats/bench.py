@@ -9,7 +9,8 @@ medians taken, because the machines we share are noisy; every ratio comes from o
 - ``stack``: :func:`bnstats.engine.train_stack`, all seeds of the arm in one stacked model, moments
   as configured (every 10 steps); ``stack_mom_off`` / ``stack_mom_1``: moments off / every step.
 - ``single``: :func:`bnstats.train.train` per seed (moments every 10 steps); ``single_mom_off`` /
-  ``single_mom_1``: moments off / every step (issue 3's cost of moments is measured on this loop).
+  ``single_mom_1``: moments off / every step (issue 3's cost of moments is measured on this loop);
+  ``single_mom_0`` (only when asked for): the epoch-end probes only (``[moments] every = 0``).
 - ``sweep_w1`` / ``sweep_w2``: wall time of :func:`bnstats.sweep.run_sweep` of a reduced default
   sweep with 1 and 2 local workers.
 
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("loader", "stack", "stack_mom_off", "stack_mom_1", "single", "single_mom_off", "single_mom_1")
+EXTRA_CASES = ("single_mom_0",)  # on request (--cases): moments at the epoch-end probes only
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -113,7 +115,8 @@ def loader_run(run, device: str = "cpu", num_workers: int = 0) -> float:
     return acc
 
 
-MOMENTS_OF_CASE = {"stack_mom_off": "off", "single_mom_off": "off", "stack_mom_1": "1", "single_mom_1": "1"}
+MOMENTS_OF_CASE = {"stack_mom_off": "off", "single_mom_off": "off", "stack_mom_1": "1", "single_mom_1": "1",
+                   "single_mom_0": "0"}
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
@@ -268,6 +271,8 @@ RATIOS = (  # (name, case, baseline case) per arch
     ("stack moments every step / off", "stack_mom_1", "stack_mom_off"),
     ("single moments every 10 / off", "single", "single_mom_off"),
     ("single moments every step / off", "single_mom_1", "single_mom_off"),
+    ("single probes only / off", "single_mom_0", "single_mom_off"),
+    ("single moments every 10 / probes only", "single", "single_mom_0"),
 )
 
 
@@ -347,7 +352,7 @@ def table(summary: dict[str, dict[str, Any]], rats: dict[str, float],
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bnstats.bench", description=__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES + EXTRA_CASES))
     p.add_argument("--seeds", type=int, default=10, help="seeds per arm (the stack size)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions; medians are reported")

@@ -440,16 +440,15 @@ _BLOCKS: weakref.WeakKeyDictionary[nn.Module, list[Block]] = weakref.WeakKeyDict
 @contextlib.contextmanager
 def record(model: nn.Module, recorder: Recorder) -> Iterator[None]:
     """Within the block, every block reports its sites to ``recorder(layer_index, site, tensor)``."""
-    # A loop records every 10th step: walking the module tree and nn.Module.__setattr__ each time
-    # cost as much as the moments of a small MLP's pass. The blocks are found once per model, and the
-    # attribute (never a module or parameter) is set directly.
+    # A loop records every 10th step: walking the module tree each time cost as much as the moments of
+    # a small MLP's pass. The blocks are found once per model.
     blocks = _BLOCKS.get(model)
     if blocks is None:
         blocks = _BLOCKS[model] = [m for m in model.modules() if isinstance(m, Block)]
     for b in blocks:
-        object.__setattr__(b, "recorder", recorder)
+        b.recorder = recorder
     try:
         yield
     finally:
         for b in blocks:
-            object.__setattr__(b, "recorder", None)
+            b.recorder = None
