@@ -70,6 +70,12 @@ def test_ratio_interval_is_the_order_statistic_interval_of_the_median():
     # fewer than 6 repetitions: no order statistics cover the median with 95%, so no interval
     few = bench._summary([r for r in rows if r["rep"] < 5])
     assert bench.ratio_intervals(few, ["cnn"]) == {}
+    # the probes-only case splits the cost: probes / off and every 10 / probes only
+    probes = bench._summary(rows + [{**r, "label": "cnn/single_mom_0", "wall_s": 10.0 / 0.98}
+                                    for r in rows if r["label"] == "cnn/single_mom_off"])
+    split = bench.ratios(probes, ["cnn"])
+    assert split["cnn: single probes only / off"] == pytest.approx(0.98)
+    assert split["cnn: single moments every 10 / probes only"] == pytest.approx(0.945 / 0.98)
 
 
 def test_rounds_alternate_the_cases_in_one_process(data_root, tmp_path):
