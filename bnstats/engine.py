@@ -64,7 +64,6 @@ from .train import (
     exact_fp32,
     make_optimisation,
     probe_in_evaluation,
-    row_keys,
     versions,
 )
 
@@ -276,20 +275,7 @@ class StackRecorder(SiteRecorder):
 
     def rows_per_seed(self, per_channel: bool) -> list[tuple[list[dict], list[dict]]]:
         """For each seed, its (summary rows, per-channel rows), in the order train.train writes them."""
-        s = self.seeds
-        labels, _, summaries, results = self._reduced(per_channel)
-        out: list[tuple[list[dict], list[dict]]] = [([], []) for _ in range(s)]
-        for label, a, i in labels:  # accumulator a holds [K, S, C]: tensor i, seed
-            keys = row_keys(label)
-            summ = summaries[a]
-            for seed in range(s):
-                out[seed][0].append({**keys, **{k: v[i * s + seed] for k, v in summ.items()}})
-                if results is not None:
-                    res = results[a]
-                    out[seed][1].extend(
-                        {**keys, "channel": c, **{k: float(v[i, seed, c]) for k, v in res.items()}}
-                        for c in range(res["mean"].shape[-1]))
-        return out
+        return self.seed_rows(per_channel, self.seeds)
 
 
 # ---------------------------------------------------------------------------------------------------

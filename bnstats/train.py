@@ -167,36 +167,33 @@ class SiteRecorder:
         """Bytes held: site tensors not yet reduced and the moment sums of those that were."""
         return self.nbytes + sum(6 * 8 * math.prod(a.shape) for a in self._accs if a.shape is not None)
 
-    def _reduced(self, per_channel: bool) -> tuple[list, list, list[dict], list[dict] | None]:
-        """Labels, accumulators, their summaries (one host transfer) and per-channel results; then forget."""
+    def rows(self, per_channel: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Summary rows (and per-channel rows) of everything recorded, then forget it."""
+        return self.seed_rows(per_channel, seeds=1)[0]
+
+    def seed_rows(self, per_channel: bool, seeds: int) -> list[tuple[list[dict], list[dict]]]:
+        """For each of ``seeds`` groups per recorded tensor (a stack's seeds, see ``engine.StackRecorder``),
+        its summary rows and per-channel rows, in recording order; then forget everything."""
         self.reduce()
         labels, accs = self._labels, self._accs
         self._labels, self._accs = [], []
-        summaries = summarize_many(accs) if accs else []
-        results = [{k: v.cpu().numpy() for k, v in a.result().items()} for a in accs] if per_channel else None
-        return labels, accs, summaries, results
-
-    def rows(self, per_channel: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Summary rows (and per-channel rows) of everything recorded, then forget it."""
-        labels, _, summaries, results = self._reduced(per_channel)
+        summaries = summarize_many(accs) if accs else []  # one host transfer
+        # per accumulator: its summary as one tuple per group (tensor i, seed j: group i * seeds + j)
         columns = [(list(summ), list(zip(*summ.values(), strict=True))) for summ in summaries]
-        rows = []
-        channel_rows: list[dict[str, Any]] = []
-        for label, a, i in labels:
-            keys = row_keys(label)
+        results = ([{k: v.cpu().numpy().reshape(-1, v.shape[-1]) for k, v in a.result().items()} for a in accs]
+                   if per_channel else None)  # per accumulator: [groups, C] arrays
+        out: list[tuple[list[dict], list[dict]]] = [([], []) for _ in range(seeds)]
+        for (keys, layer, site), a, i in labels:
+            keys = {**keys, "layer": layer, "site": site}
             names, values = columns[a]
-            rows.append({**keys, **dict(zip(names, values[i], strict=True))})
-            if results is not None:
-                res = results[a]
-                channel_rows += [{**keys, "channel": c, **{k: float(v[i, c]) for k, v in res.items()}}
-                                 for c in range(res["mean"].shape[-1])]
-        return rows, channel_rows
-
-
-def row_keys(label: tuple) -> dict[str, Any]:
-    """The keys of a moments row (epoch, step, source, layer, site) from a recorder's label."""
-    keys, layer, site = label
-    return {**keys, "layer": layer, "site": site}
+            for seed, (rows, channel_rows) in enumerate(out):
+                g = i * seeds + seed
+                rows.append({**keys, **dict(zip(names, values[g], strict=True))})
+                if results is not None:
+                    res = results[a]
+                    channel_rows += [{**keys, "channel": c, **{k: float(v[g, c]) for k, v in res.items()}}
+                                     for c in range(res["mean"].shape[-1])]
+        return out
 
 
 def probe_in_evaluation(rec: SiteRecorder, model: torch.nn.Module, run: RunConfig, n_test: int,
