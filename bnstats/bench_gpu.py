@@ -100,10 +100,11 @@ def _reset_peak(dev: torch.device) -> None:
 
 def engine_case(width: int, seeds: int, *, epochs: int, root: str, device: str, precision: str = "bf16",
                 moments: int | None = 10, compile: bool = False, batch: int = 512,
-                conv_impl: str | None = None) -> dict[str, Any]:
+                conv_impl: str | None = None, fused: bool | None = None) -> dict[str, Any]:
     """``engine.train_stack`` end to end; steady images/s from the epochs after the first.
-    ``conv_impl``: overrides ``engine.GPU_CONV_IMPL`` for this case."""
+    ``conv_impl``: overrides ``engine.GPU_CONV_IMPL`` for this case; ``fused``: ``moments.FUSED_CUDA``."""
     from . import engine
+    from . import moments as moments_mod
 
     dev = torch.device(device)
     if dev.type != "cuda":  # the dry run: bf16 is CUDA's
@@ -111,19 +112,23 @@ def engine_case(width: int, seeds: int, *, epochs: int, root: str, device: str, 
     runs = image_runs(width, seeds, epochs=epochs, root=root, batch=batch, moments=moments)
     _reset_peak(dev)
     default, engine.GPU_CONV_IMPL = engine.GPU_CONV_IMPL, conv_impl or engine.GPU_CONV_IMPL
+    fused_default = moments_mod.FUSED_CUDA
+    moments_mod.FUSED_CUDA = fused_default if fused is None else fused
     try:
         t0 = time.perf_counter()
         outs = engine.train_stack(runs, device=dev, precision=precision, compile=compile)
         wall = time.perf_counter() - t0
+        fused = moments_mod.FUSED_CUDA  # what ran (a failed compilation turns it off)
     finally:
         engine.GPU_CONV_IMPL = default
+        moments_mod.FUSED_CUDA = fused_default
     curves = outs[0].curves
     per_epoch = outs[0].run["steps"] // outs[0].run["epochs_completed"] * batch * seeds  # images, all seeds
     t_first = curves[0]["wall_time_s"]
     steady_s = (curves[-1]["wall_time_s"] - t_first) / max(1, len(curves) - 1)
     return {"case": "engine", "widths": [width, 2 * width, 4 * width], "seeds": seeds, "batch": batch,
             "precision": precision, "moments_every": moments, "compile": compile, "epochs": epochs,
-            "conv_impl": conv_impl or engine.GPU_CONV_IMPL,
+            "conv_impl": conv_impl or engine.GPU_CONV_IMPL, "fused_moments": fused,
             "wall_s": wall, "first_epoch_s": t_first, "steady_epoch_s": steady_s,
             "images_per_s": per_epoch / steady_s if len(curves) > 1 else per_epoch / t_first,
             "s_per_1000_run_epochs": steady_s / seeds * 1000,
@@ -329,6 +334,46 @@ def profile_case(width: int, seeds: int, *, device: str, steps: int = 5, batch: 
             "profiled_images_per_s": r["images_per_s"]}
 
 
+def moments_case(seeds: int, batch: int, channels: int, hw: int, *, device: str, reps: int = 5) -> dict[str, Any]:
+    """One stacked site tensor's moment reduction, as the engine's recorder hands it over (a ``[S, N, C,
+    H, W]`` view of the packed ``[N, S*C, H, W]`` activations, bf16 on a GPU): eager passes against the
+    compiled fused reduction (``moments.FUSED_CUDA``). The first fused call holds the compilation."""
+    from . import moments
+
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    g = torch.Generator(device=dev).manual_seed(0)
+    packed = torch.randn(batch, seeds * channels, hw, hw, device=dev, generator=g, dtype=dtype)
+    packed = (packed.relu_() * 2 - 0.5)  # a skewed distribution with exact zeros, offset from 0
+    site = packed.view(batch, seeds, channels, hw, hw).transpose(0, 1)
+    default = moments.FUSED_CUDA
+    out: dict[str, Any] = {"case": "moments", "shape": list(site.shape), "dtype": str(dtype),
+                           "values": site.numel(), "seeds": seeds}
+    results = {}
+    try:
+        for fused in (True, False):
+            moments.FUSED_CUDA = fused
+            times = []
+            for _ in range(reps + 1):
+                _sync(dev)
+                t0 = time.perf_counter()
+                acc = moments.MomentAccumulator.from_tensors([site], channel_dim=2)
+                _sync(dev)
+                times.append(time.perf_counter() - t0)
+            name = "fused" if fused else "eager"
+            out[f"{name}_first_s"], out[f"{name}_ms"] = times[0], 1e3 * float(np.median(times[1:]))
+            out[f"{name}_gb_per_s"] = site.numel() * site.element_size() / (out[f"{name}_ms"] / 1e3) / 1e9
+            results[name] = acc.result()
+    finally:
+        moments.FUSED_CUDA = default
+    out["eager_over_fused"] = out["eager_ms"] / out["fused_ms"]
+    a, b = results["fused"], results["eager"]
+    out["max_rel_diff"] = {k: float(((a[k] - b[k]).abs() / (b[k].abs() + 1e-12)).max())
+                           for k in ("mean", "var", "skew", "exkurt")}
+    out["frac_zero_equal"] = bool(torch.equal(a.frac_zero, b.frac_zero))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Checks
 
@@ -433,7 +478,18 @@ def _environment(device: str) -> dict[str, Any]:
 
 
 def plan(dry: bool, name: str = "full") -> list[tuple[str, dict[str, Any]]]:
-    """(function name, kwargs) in order of importance; ``name = "conv"``: the stacked-conv comparison."""
+    """(function name, kwargs) in order of importance; ``name = "conv"``: the stacked-conv comparison;
+    ``"moments"``: the moment reduction, eager against compiled, alone and in the engine (issue 3)."""
+    if name == "moments":
+        if dry:
+            return ([("moments_case", dict(seeds=2, batch=8, channels=4, hw=4, reps=2))]
+                    + [("engine_case", dict(width=4, seeds=2, epochs=2, precision="bf16", moments=m, batch=32,
+                                            fused=f)) for m, f in ((None, None), (10, True), (10, False))])
+        p = [("moments_case", dict(seeds=64, batch=512, channels=c, hw=h)) for c, h in ((16, 32), (64, 32), (256, 8))]
+        for w in WIDTHS:
+            p += [("engine_case", dict(width=w, seeds=64, epochs=3, precision="bf16", moments=m, fused=f))
+                  for m, f in ((None, None), (10, True), (10, False))]
+        return p
     if name == "conv" and not dry:
         p = [("step_case", dict(width=w, seeds=64, mode=m, steps=30)) for w in WIDTHS
              for m in ("bf16", "bf16_split", "bf16_auto")]
@@ -470,19 +526,25 @@ def table(doc: dict[str, Any]) -> str:
     lines = ["checks: " + ", ".join(f"{c['check']}: {'ok' if c.get('ok') else 'FAIL'}" for c in doc.get("checks", []))]
     lines.append(f"{'case':<14}{'widths':<12}{'mode':<22}{'seeds':>6}{'images/s':>12}{'s/1000 run-ep':>14}{'GPU MB':>9}")
     for r in doc["cases"]:
+        if r.get("case") == "moments":
+            lines.append(f"moments {'x'.join(map(str, r['shape']))} {r['dtype']}: eager {r['eager_ms']:.2f} ms, "
+                         f"fused {r['fused_ms']:.2f} ms ({r['eager_over_fused']:.1f}x; first call "
+                         f"{r['fused_first_s']:.1f} s), max rel diff {max(r['max_rel_diff'].values()):.1e}")
+            continue
         if r.get("case") == "profile" or "images_per_s" not in r:
             if "error" in r:
                 lines.append(f"{r.get('fn', '?'):<14} {r.get('kwargs')} ERROR {r['error'][:80]}")
             continue
         mode = r.get("mode") or (f"{r['precision']} mom={r['moments_every']}" + (" compile" if r.get("compile") else "")
                                  + (f" {r['conv_impl']}" if r.get("conv_impl", "grouped") != "grouped" else "")
+                                 + (" eager-mom" if r.get("fused_moments") is False and r["moments_every"] else "")
                                  if r["case"] == "engine" else f"workers={r.get('workers')}")
         s1000 = r.get("s_per_1000_run_epochs")
         lines.append(f"{r['case']:<14}{'/'.join(map(str, r['widths'])):<12}{mode:<22}{r['seeds']:>6}"
                      f"{r['images_per_s']:>12.0f}{(f'{s1000:.1f}' if s1000 else '-'):>14}"
                      f"{(r.get('peak_gpu_mb') or 0):>9.0f}")
     for name, v in doc.get("ratios", {}).items():
-        lines.append(f"{name:<60}{v:>8.1f}x")
+        lines.append(f"{name:<60}{v:>8.2f}x")
     return "\n".join(lines)
 
 
@@ -491,7 +553,10 @@ def ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
     for w in WIDTHS + (4,):
         ws = [w, 2 * w, 4 * w]
         eng = {(r["precision"], r["moments_every"], r["compile"]): r["images_per_s"]
-               for r in cases if r.get("case") == "engine" and r["widths"] == ws}
+               for r in cases if r.get("case") == "engine" and r["widths"] == ws and r.get("fused_moments", True)}
+        eager = {r["moments_every"]: r["images_per_s"] for r in cases if r.get("case") == "engine"
+                 and r["widths"] == ws and r["precision"] == "bf16" and not r["compile"]
+                 and r.get("fused_moments") is False}
         base = {r["case"]: r["images_per_s"] for r in cases if r.get("case", "").startswith("loader")
                 and r["widths"] == ws}
         label = "/".join(map(str, ws))
@@ -501,6 +566,8 @@ def ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
                 out[f"{label}: engine (best) / {name}"] = best / b
         if ("bf16", 10, False) in eng and ("bf16", None, False) in eng:
             out[f"{label}: engine bf16 moments every 10 / off"] = eng[("bf16", 10, False)] / eng[("bf16", None, False)]
+            if 10 in eager:
+                out[f"{label}: the same, eager moment reduction"] = eager[10] / eng[("bf16", None, False)]
         if ("bf16", 10, False) in eng and ("fp32", 10, False) in eng:
             out[f"{label}: engine bf16 / fp32"] = eng[("bf16", 10, False)] / eng[("fp32", 10, False)]
     return out
@@ -513,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data/cache", help="where mnist1d.npz is (the checks use it)")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/gpu-<date>.json)")
     p.add_argument("--skip-checks", action="store_true")
-    p.add_argument("--plan", default="full", choices=["full", "conv"], help="which cases (see plan())")
+    p.add_argument("--plan", default="full", choices=["full", "conv", "moments"], help="which cases (see plan())")
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     device = "cpu" if a.dry_run else "cuda"
@@ -542,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         log("checks: " + ", ".join(f"{c['check']} {'ok' if c.get('ok') else 'FAIL'}" for c in doc["checks"]))
         save()
     fns = {"engine_case": engine_case, "loader_case": loader_case, "step_case": step_case,
-           "profile_case": profile_case}
+           "profile_case": profile_case, "moments_case": moments_case}
     with tempfile.TemporaryDirectory() as tmp:
         root = str(Path(tmp) / "images")
         write_images(Path(root), 256 if a.dry_run else 25_600, 64 if a.dry_run else 2_000)
@@ -556,7 +623,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 r = {"fn": fn, "kwargs": kw, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
             doc["cases"].append(r)
-            log(f"{fn} {kw}: " + (f"{r['images_per_s']:.0f} img/s" if "images_per_s" in r else r.get("error", "done")))
+            log(f"{fn} {kw}: " + (f"{r['images_per_s']:.0f} img/s" if "images_per_s" in r else
+                                  f"eager {r['eager_ms']:.1f} ms, fused {r['fused_ms']:.1f} ms" if "eager_ms" in r
+                                  else r.get("error", "done")))
             save()
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()

@@ -118,6 +118,20 @@ def test_gpu_check_script_dry_run(data_root, tmp_path):
     assert "4/8/16: engine (best) / loader" in doc["ratios"]
 
 
+def test_gpu_moments_plan_dry_run(tmp_path, capsys):
+    from bnstats import bench_gpu, moments
+
+    out = tmp_path / "m.json"
+    assert bench_gpu.main(["--dry-run", "--plan", "moments", "--skip-checks", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert all("error" not in c for c in doc["cases"])
+    (mom,) = [c for c in doc["cases"] if c["case"] == "moments"]
+    assert mom["shape"] == [2, 8, 4, 4, 4] and mom["frac_zero_equal"] and max(mom["max_rel_diff"].values()) < 1e-6
+    assert [c["fused_moments"] for c in doc["cases"] if c["case"] == "engine"] == [True, True, False]
+    assert moments.FUSED_CUDA is True  # each case restores the switch
+    assert "eager-mom" in capsys.readouterr().out
+
+
 def test_gpu_bench_ratios_and_images_in_the_cifar_format(tmp_path):
     from bnstats import bench_gpu, data
 
@@ -127,6 +141,9 @@ def test_gpu_bench_ratios_and_images_in_the_cifar_format(tmp_path):
     rats = bench_gpu.ratios(cases)
     assert rats == {"16/32/64: engine (best) / loader": 20.0, "16/32/64: engine bf16 moments every 10 / off": 0.8,
                     "16/32/64: engine bf16 / fp32": 2.0}
+    # the eager moment reduction (plan "moments") gets its own ratio and stays out of the others
+    cases += [{**cases[0], "images_per_s": 600.0, "fused_moments": False}]
+    assert bench_gpu.ratios(cases) == {**rats, "16/32/64: the same, eager moment reduction": 0.6}
     bench_gpu.write_images(tmp_path, 23, 7)
     ds = data.load("cifar10", tmp_path)  # bnstats' own reader checks the format
     assert ds.x_train.shape == (23, 3, 32, 32) and ds.x_test.shape == (7, 3, 32, 32)

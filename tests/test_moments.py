@@ -17,6 +17,7 @@ import scipy.stats
 import torch
 from hypothesis import given, settings
 
+import bnstats.moments as moments_mod
 from bnstats.moments import (
     STAT_NAMES,
     SUMMARY_KEYS,
@@ -101,6 +102,19 @@ def assert_result_matches(result: MomentResult, x64: np.ndarray, rtol: float) ->
         assert_matches({k: result[k][c] for k in STAT_NAMES}, reference(cols[c]), rtol, f"channel {c}")
 
 
+@pytest.fixture(params=["eager", "fused"])
+def reduction(request, monkeypatch):
+    """Both batch reductions: the eager passes (CPU, small CUDA batches) and the fused expression that
+    is compiled for large CUDA batches, run here uncompiled on the CPU for every batch size."""
+    calls = []
+    if request.param == "fused":
+        monkeypatch.setattr(moments_mod, "_FUSED_DEVICES", frozenset({"cpu"}))
+        monkeypatch.setattr(moments_mod, "_FUSED_MIN", 0)
+        monkeypatch.setattr(moments_mod, "_FUSED", [lambda x: calls.append(x.shape) or moments_mod._block_sums(x)])
+    yield request.param
+    assert bool(calls) == (request.param == "fused")  # the path under test is the one that ran
+
+
 def stream(x: torch.Tensor, cuts: list[int], acc: MomentAccumulator | None = None) -> MomentAccumulator:
     acc = MomentAccumulator() if acc is None else acc
     bounds = [0, *cuts, x.shape[0]]
@@ -115,7 +129,7 @@ UNEVEN_CUTS = [1, 3, 3, 10, 41, 90]  # includes an empty chunk (3:3) and a singl
 # --------------------------------------------------------------------------- exactness against scipy
 @pytest.mark.parametrize("layout", list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_streaming_uneven_chunks_matches_scipy(layout, dtype):
+def test_streaming_uneven_chunks_matches_scipy(layout, dtype, reduction):
     rng = np.random.default_rng(20240601)
     data = make_data(rng, N_BATCH, SHAPES[layout])
     x = torch.from_numpy(data).to(dtype)
@@ -138,7 +152,7 @@ def test_streaming_uneven_chunks_matches_scipy(layout, dtype):
 
 @pytest.mark.parametrize("layout", list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_merge_of_disjoint_halves_matches_scipy(layout, dtype):
+def test_merge_of_disjoint_halves_matches_scipy(layout, dtype, reduction):
     rng = np.random.default_rng(7)
     data = make_data(rng, N_BATCH, SHAPES[layout])
     x = torch.from_numpy(data).to(dtype)
@@ -153,7 +167,7 @@ def test_merge_of_disjoint_halves_matches_scipy(layout, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_16bit_inputs_are_accumulated_in_float64(dtype):
+def test_16bit_inputs_are_accumulated_in_float64(dtype, reduction):
     rng = np.random.default_rng(11)
     data = make_data(rng, N_BATCH, (5,))
     x = torch.from_numpy(data).to(dtype)
@@ -178,7 +192,7 @@ def test_pooled_matches_scipy_on_all_channels_flattened():
     assert_matches(stream(torch.from_numpy(data2), [7]).pooled(), reference(data2.ravel()), rtol=1e-10)
 
 
-def test_single_element():
+def test_single_element(reduction):
     acc = MomentAccumulator().update(torch.tensor([[2.5]]))
     res = acc.result()
     assert res.count.tolist() == [1.0] and res.mean.tolist() == [2.5] and res.var.tolist() == [0.0]
@@ -188,7 +202,7 @@ def test_single_element():
     assert zero.frac_zero.tolist() == [1.0]
 
 
-def test_frac_zero_counts_signed_zero_and_not_nan():
+def test_frac_zero_counts_signed_zero_and_not_nan(reduction):
     x = torch.tensor([[0.0], [-0.0], [1.0], [math.nan]])
     res = MomentAccumulator().update(x).result()
     assert res.frac_zero.tolist() == [0.5]
@@ -280,7 +294,7 @@ def test_pieces_of_any_size_give_the_same_moments(monkeypatch, layout, piece):
         torch.testing.assert_close(stacked[k], res[k], rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
-def test_from_tensors_equals_update_of_the_stack_and_checks_its_input():
+def test_from_tensors_equals_update_of_the_stack_and_checks_its_input(reduction):
     rng = np.random.default_rng(31)
     ts = [torch.from_numpy(make_data(rng, 20, (3,))).float() for _ in range(4)]
     a = MomentAccumulator.from_tensors(ts).result()
@@ -298,7 +312,7 @@ def test_from_tensors_equals_update_of_the_stack_and_checks_its_input():
 
 
 # --------------------------------------------------------------------------- grouped layout
-def test_grouped_layout_equals_separate_accumulators():
+def test_grouped_layout_equals_separate_accumulators(reduction):
     rng = np.random.default_rng(13)
     g = 3
     data = np.stack([make_data(rng, 40, (2, 2)) for _ in range(g)])  # [G, N, C, H, W]
@@ -425,7 +439,7 @@ def _forbid(name):
     return raiser
 
 
-def test_update_and_merge_make_no_host_sync(monkeypatch):
+def test_update_and_merge_make_no_host_sync(monkeypatch, reduction):
     x = torch.randn(16, 4, 3, 3)
     a = MomentAccumulator().update(x)  # the first update allocates; test it too below
     b = MomentAccumulator()
@@ -442,12 +456,79 @@ def test_update_and_merge_make_no_host_sync(monkeypatch):
     assert b.result().count.tolist() == [16 * 9 * 5] * 4  # b: two updates, then a's three
 
 
+def test_failed_compilation_falls_back_to_eager_and_says_so_once(monkeypatch):
+    def broken(x):
+        raise RuntimeError("no Triton here")
+
+    monkeypatch.setattr(moments_mod, "_FUSED_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(moments_mod, "_FUSED_MIN", 0)
+    monkeypatch.setattr(moments_mod, "_FUSED", [broken])
+    monkeypatch.setattr(moments_mod, "FUSED_CUDA", True)
+    x = torch.from_numpy(make_data(np.random.default_rng(5), 30, (2,)))
+    with pytest.warns(RuntimeWarning, match="compiled reduction failed .RuntimeError: no Triton here"):
+        a = MomentAccumulator().update(x)
+    assert moments_mod.FUSED_CUDA is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        a.update(x)
+    assert_result_matches(a.result(), torch.cat([x, x]).numpy(), RTOL[torch.float64])
+
+
+@pytest.mark.slow
+def test_compiled_fused_reduction_equals_eager():
+    """torch.compile of the fused expression (as on CUDA; here Inductor's CPU backend, ~20 s) gives the
+    eager reduction's moments, across shapes and dtypes without a recompile per shape."""
+    rng = np.random.default_rng(17)
+    fused = torch.compile(moments_mod._block_sums, dynamic=True, fullgraph=True)
+    for spatial, g, dtype in (((), 1, torch.float32), ((3, 4), 5, torch.float32), ((7,), 3, torch.float32),
+                              ((5,), 2, torch.bfloat16), ((2, 3), 4, torch.float64)):
+        x = torch.from_numpy(np.stack([make_data(rng, 50, spatial) for _ in range(g)])).to(dtype)
+        block = x.reshape(g, 50, 6, -1)
+        eager = moments_mod._central_sums(list(block.unbind(0)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # Inductor's (moments.py ignores them too)
+            got = fused(block)
+        for name, e, c in zip(("mean", "M2", "M3", "M4", "zeros"), eager, got, strict=True):
+            torch.testing.assert_close(c.reshape(-1), e, rtol=1e-5 if dtype != torch.float64 else 1e-12,
+                                       atol=1e-5 if name != "mean" else 1e-3, equal_nan=True, msg=name)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_update_and_merge_make_no_cuda_sync():
+def test_compiled_fused_reduction_on_cuda_matches_scipy_and_eager(monkeypatch):
+    """The path large CUDA batches take (compiled, fused) against scipy, and against the eager passes
+    on a batch above the threshold; repeated, it is bitwise the same (no atomics)."""
+    dev = torch.device("cuda")
+    rng = np.random.default_rng(23)
+    monkeypatch.setattr(moments_mod, "_FUSED_MIN", 0)
+    monkeypatch.setattr(moments_mod, "FUSED_CUDA", True)
+    for spatial in SHAPES.values():
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            x = torch.from_numpy(make_data(rng, N_BATCH, spatial)).to(dtype)
+            res = stream(x.to(dev), UNEVEN_CUTS).result()
+            assert_result_matches(MomentResult(**{k: res[k].cpu() for k in STAT_NAMES}), x.double().numpy(),
+                                  rtol=RTOL[dtype])
+    monkeypatch.setattr(moments_mod, "_FUSED_MIN", 2**24)
+    # 2**25 values, 2**18 per channel: a float32 accumulator would be off by ~1e-5 here
+    big = torch.randn(8, 1024, 16, 16, 16, device=dev).relu_().to(torch.bfloat16) * 3 + 1
+    fused = [MomentAccumulator(channel_dim=2).update(big).result() for _ in range(2)]
+    monkeypatch.setattr(moments_mod, "FUSED_CUDA", False)
+    exact = MomentAccumulator(channel_dim=2).update(big.double()).result()  # eager, float64 throughout
+    for k in STAT_NAMES:
+        assert torch.equal(fused[0][k], fused[1][k]), k
+        torch.testing.assert_close(fused[0][k], exact[k], rtol=1e-6, atol=0, msg=k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fused_min", [2**24, 0])  # eager and compiled reductions
+def test_update_and_merge_make_no_cuda_sync(monkeypatch, fused_min):
+    monkeypatch.setattr(moments_mod, "_FUSED_MIN", fused_min)
+    monkeypatch.setattr(moments_mod, "FUSED_CUDA", True)
     dev = torch.device("cuda")
     x = torch.randn(32, 8, 5, device=dev)
     a = MomentAccumulator().update(x)  # allocation happens outside sync-debug mode
     b = MomentAccumulator().update(x)
+    a.update(x.half()).merge(b)  # compiles outside sync-debug mode (dynamo's guards may read the host)
+    a, b = MomentAccumulator().update(x), MomentAccumulator().update(x)
     torch.cuda.synchronize()
     with warnings.catch_warnings():  # setting the mode warns that it is a prototype; a sync raises
         warnings.filterwarnings("ignore", "Synchronization debug mode is a prototype")
