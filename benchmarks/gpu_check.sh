@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine, from the repository root
 #   bash benchmarks/gpu_check.sh --dry-run  # anywhere: tiny sizes on CPU, checks the script itself
+#   bash benchmarks/gpu_check.sh --plan moments --skip-checks  # the moment reduction, eager vs compiled (~3 min)
 #
 # The JSON goes to $OUT/gpu.json when OUT is set (the device tool's output folder), else benchmarks/.
 # The checks read data/cache/mnist1d.npz (carry it, or have the mnist1d package installed).
