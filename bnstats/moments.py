@@ -359,7 +359,8 @@ def _fused():
 
 def _batch_sums(blocks: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Per-(group, channel) float64 ``mean, M2, M3, M4, zeros`` (``[G * C]``, groups in order) of a
-    batch given as ``[G_i, N, C, S]`` blocks: compiled and fused on a large CUDA batch, else eager."""
+    batch given as ``[G_i, N, C, S]`` (or ``[N, C, S]``: one group) blocks: compiled and fused on a
+    large CUDA batch, else eager."""
     global FUSED_CUDA
     if FUSED_CUDA and blocks[0].device.type in _FUSED_DEVICES and sum(b.numel() for b in blocks) >= _FUSED_MIN:
         try:
@@ -367,14 +368,14 @@ def _batch_sums(blocks: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
 
             with warnings.catch_warnings(), torch._dynamo.config.patch(recompile_limit=_FUSED_VARIANTS):
                 warnings.simplefilter("ignore", DeprecationWarning)  # Inductor's, when it compiles
-                outs = [_fused()(b) for b in blocks]
+                outs = [_fused()(b if b.dim() == 4 else b[None]) for b in blocks]
         except Exception as e:  # no Triton / no compiler: say so once, then reduce eagerly
             warnings.warn(f"bnstats.moments: the compiled reduction failed ({type(e).__name__}: {e}); "
                           "reducing eagerly from now on", RuntimeWarning, stacklevel=2)
             FUSED_CUDA = False
         else:
             return tuple(torch.cat(t).reshape(-1) if len(t) > 1 else t[0].reshape(-1) for t in zip(*outs, strict=True))
-    return _central_sums([p for b in blocks for p in b.unbind(0)])
+    return _central_sums([p for b in blocks for p in (b.unbind(0) if b.dim() == 4 else (b,))])
 
 
 def _split_groups(x: torch.Tensor, cd: int, what: str) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -512,7 +513,10 @@ class MomentAccumulator:
             raise ValueError("from_tensors needs at least one tensor")
         t0 = tensors[0]
         block, shape = _split_groups(t0, channel_dim, "tensors[0]")
-        view, blocks = block.shape, [block]  # [groups, N, C, S]
+        view = block.shape  # [groups, N, C, S]
+        if view[0] == 1:  # one group per tensor (a training loop's sites): [N, C, S] parts, no unbind
+            view, block = view[1:], block[0]
+        blocks = [block]
         for i, t in enumerate(tensors[1:], 1):  # checked against the first: cheap for many tensors
             if not isinstance(t, torch.Tensor) or t.shape != t0.shape or t.dtype != t0.dtype or t.device != t0.device:
                 _split_groups(t, channel_dim, f"tensors[{i}]")  # a type or dtype problem says so
@@ -526,11 +530,12 @@ class MomentAccumulator:
         return acc
 
     def _add_batch(self, blocks: list[torch.Tensor], shape: tuple[int, ...], device: torch.device) -> None:
-        """Merge one batch given as ``[G_i, N, C, S]`` blocks (their groups: ``shape[:-1]`` flattened)."""
+        """Merge one batch given as ``[G_i, N, C, S]`` blocks, or ``[N, C, S]`` for one group (their
+        groups: ``shape[:-1]`` flattened)."""
         fresh = self._n is None
         if not fresh:
             self._check_compatible(shape, device, "x")
-        m = blocks[0].shape[1] * blocks[0].shape[3]
+        m = blocks[0].shape[-3] * blocks[0].shape[-1]
         if m == 0 or shape[-1] == 0:  # an empty batch (a shape, not a tensor value: no sync) adds nothing
             if fresh:
                 self._allocate(shape, device)
