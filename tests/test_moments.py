@@ -378,7 +378,7 @@ def test_summarize_empty():
 def test_summarize_many_one_host_transfer(monkeypatch):
     rng = np.random.default_rng(19)
     accs = [stream(torch.from_numpy(make_data(rng, 20 + i, (i + 1,))), [3]) for i in range(12)]
-    accs.append(MomentAccumulator(channel_dim=2).update(torch.randn(2, 4, 3)))
+    accs.append(MomentAccumulator(channel_dim=2).update(torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(1))))
     accs.append(MomentAccumulator())
     accs.append(MomentAccumulator().update(torch.ones(0, 3)))  # shape known, no data
 
@@ -423,11 +423,14 @@ def test_summary_table_torch_path_equals_numpy_path():
 
     rng = np.random.default_rng(23)
     accs = [stream(torch.from_numpy(make_data(rng, 30 + i, (2,))), [5]) for i in range(3)]
-    accs.append(MomentAccumulator(channel_dim=2).update(torch.randn(4, 9, 6, dtype=torch.float64)))
+    gen = torch.Generator().manual_seed(1)  # seed 1 of the global RNG once gave a pooled exkurt of -0.008
+    accs.append(MomentAccumulator(channel_dim=2).update(torch.randn(4, 9, 6, dtype=torch.float64, generator=gen)))
     via_numpy = _summary_table(accs, xp=np)
     via_torch = _summary_table(accs, xp=torch)
     assert isinstance(via_torch, torch.Tensor) and via_torch.dtype == torch.float64
-    np.testing.assert_allclose(via_torch.numpy(), via_numpy, rtol=1e-13, atol=0, equal_nan=True)
+    # numpy and torch sum in different orders: last-bit differences, so an absolute floor for the
+    # dimensionless statistics near zero (exkurt = n M4 / M2^2 - 3 cancels)
+    np.testing.assert_allclose(via_torch.numpy(), via_numpy, rtol=1e-13, atol=1e-13, equal_nan=True)
     assert via_numpy.shape == (3 + 4, len(SUMMARY_KEYS))
 
 
