@@ -6,6 +6,8 @@ the device of the activations. Each ``update`` reduces one batch to those quanti
 in float32, float64 for float64 input, about the batch's own mean: see :func:`_central_sums`) and
 merges them into the running state with the pairwise formulas of Chan, Golub & LeVeque and Pébay in
 float64; raw power sums are never formed, so a large offset (``1e4 + N(0, 1)``) costs no precision.
+A large batch on a CUDA device goes through the same arithmetic compiled into fused kernels
+(:func:`_block_sums`, ``FUSED_CUDA``), which read each value twice instead of ~13 times.
 Accuracy against scipy on the same values: ~1e-7 relative for float32 (and 16-bit) input, ~1e-13 for
 float64. Nothing in ``update`` or ``merge`` reads a tensor value on the host (no ``.item()``, no
 ``.cpu()``, no ``if`` on a tensor), so the calls can sit inside a training step.
@@ -336,8 +338,8 @@ def _block_sums(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 # On CUDA, a batch of at least this many values is reduced by the compiled :func:`_block_sums`
-# (Triton kernels: 2 reads of each value instead of ~13 float32 passes, ~20 with the copies; 6x faster
-# on an H100). It compiles once per process, input dtype and few shape variants (dynamic shapes: ~12 s
+# (Triton kernels: 2 reads of each value instead of ~13 float32 passes, ~20 with the copies; 4-5x
+# faster on an H100, benchmarks/README.md). It compiles once per process, input dtype and few shape variants (dynamic shapes: ~12 s
 # the first time, ~2 s each later one; cached on disk by Inductor), so small batches, whose eager
 # reduction costs mostly launches, never pay for it. ``FUSED_CUDA = False`` reduces everything eagerly
 # (the bench's comparison); on CPUs it is never used (compiling takes ~20 s per process, more than the
