@@ -66,6 +66,7 @@ arbitrary-order statistical moments. Sandia report SAND2008-6212.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import warnings
@@ -339,24 +340,23 @@ def _block_sums(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 # On CUDA, a batch of at least this many values is reduced by the compiled :func:`_block_sums`
 # (Triton kernels: 2 reads of each value instead of ~13 float32 passes, ~20 with the copies; 4-5x
-# faster on an H100, benchmarks/README.md). It compiles once per process, input dtype and few shape variants (dynamic shapes: ~12 s
-# the first time, ~2 s each later one; cached on disk by Inductor), so small batches, whose eager
-# reduction costs mostly launches, never pay for it. ``FUSED_CUDA = False`` reduces everything eagerly
-# (the bench's comparison); on CPUs it is never used (compiling takes ~20 s per process, more than the
-# eager passes of a whole small run).
+# faster on an H100, benchmarks/README.md). It compiles once per process, input dtype and a few shape
+# variants (dynamic shapes: 12-16 s the first time, ~3 s for a later variant; cached on disk by
+# Inductor), so small batches, whose eager reduction costs mostly launches, never pay for it.
+# ``FUSED_CUDA = False`` reduces everything eagerly (the bench's comparison); on CPUs it is never used
+# (compiling takes ~20 s per process, more than the eager passes of a whole small run).
 FUSED_CUDA = True
 _FUSED_MIN = 2**24
 _FUSED_DEVICES = frozenset({"cuda"})
-_FUSED: list = []  # the compiled function, made on first use
 # Variants it may compile in one process (dtypes x size-1 axes, which dynamo specialises) before it
 # gives up; dynamo's default (8) is shared with the whole program, so it is raised for these calls only.
 _FUSED_VARIANTS = 64
 
 
+@functools.cache
 def _fused():
-    if not _FUSED:
-        _FUSED.append(torch.compile(_block_sums, dynamic=True, fullgraph=True))
-    return _FUSED[0]
+    """The compiled :func:`_block_sums`, made on first use."""
+    return torch.compile(_block_sums, dynamic=True, fullgraph=True)
 
 
 def _batch_sums(blocks: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:

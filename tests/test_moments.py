@@ -110,7 +110,7 @@ def reduction(request, monkeypatch):
     if request.param == "fused":
         monkeypatch.setattr(moments_mod, "_FUSED_DEVICES", frozenset({"cpu"}))
         monkeypatch.setattr(moments_mod, "_FUSED_MIN", 0)
-        monkeypatch.setattr(moments_mod, "_FUSED", [lambda x: calls.append(x.shape) or moments_mod._block_sums(x)])
+        monkeypatch.setattr(moments_mod, "_fused", lambda: lambda x: calls.append(x.shape) or moments_mod._block_sums(x))
     yield request.param
     assert bool(calls) == (request.param == "fused")  # the path under test is the one that ran
 
@@ -465,7 +465,7 @@ def test_failed_compilation_falls_back_to_eager_and_says_so_once(monkeypatch):
 
     monkeypatch.setattr(moments_mod, "_FUSED_DEVICES", frozenset({"cpu"}))
     monkeypatch.setattr(moments_mod, "_FUSED_MIN", 0)
-    monkeypatch.setattr(moments_mod, "_FUSED", [broken])
+    monkeypatch.setattr(moments_mod, "_fused", lambda: broken)
     monkeypatch.setattr(moments_mod, "FUSED_CUDA", True)
     x = torch.from_numpy(make_data(np.random.default_rng(5), 30, (2,)))
     with pytest.warns(RuntimeWarning, match="compiled reduction failed .RuntimeError: no Triton here"):
