@@ -152,28 +152,39 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     first = runs_of[kinds[0]][0]
     # warm-up (not timed): one short run, so one-off costs (imports, allocator, oneDNN) are not counted
     train.train(replace(first, train=replace(first.train, epochs=1)))
-    clock = _MomentClock()
-    if "rounds" not in case:
-        return _time_case(kind, runs_of[kind], clock)
-    out = []
-    for r in range(case["rounds"]):  # order rotated every round, so no kind always follows another
-        k0 = r % len(kinds)
-        for k in kinds[k0:] + kinds[:k0]:
-            out.append({**_time_case(k, runs_of[k], clock), "kind": k, "round": r})
+    with _MomentClock() as clock:
+        if "rounds" not in case:
+            return _time_case(kind, runs_of[kind], clock)
+        out = []
+        for r in range(case["rounds"]):  # order rotated every round, so no kind always follows another
+            k0 = r % len(kinds)
+            for k in kinds[k0:] + kinds[:k0]:
+                out.append({**_time_case(k, runs_of[k], clock), "kind": k, "round": r})
     return {"rounds": out}
 
 
 class _MomentClock:
-    """Wall time spent in the moment arithmetic (reductions and summaries) while installed: the share
-    of a run the moments take, measured inside the run itself, which a host's drifting speed moves
-    alike on both sides."""
+    """Wall time spent in the moment arithmetic (reductions and summaries) within the ``with`` block:
+    the share of a run the moments take, measured inside the run itself, which a host's drifting speed
+    moves alike on both sides. The timed functions are restored on exit."""
 
     def __init__(self) -> None:
         from . import moments, train
 
         self.seconds = 0.0
-        for owner, name in ((moments.MomentAccumulator, "from_tensors"), (train, "summarize_many")):
+        self._targets = ((moments.MomentAccumulator, "from_tensors"), (train, "summarize_many"))
+        self._saved: list = []
+
+    def __enter__(self) -> _MomentClock:
+        for owner, name in self._targets:
+            self._saved.append((owner, name, owner.__dict__[name]))  # the classmethod itself, not its binding
             setattr(owner, name, self._timed(getattr(owner, name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+        self._saved.clear()
 
     def _timed(self, fn):
         def timed(*args, **kwargs):

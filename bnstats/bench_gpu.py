@@ -88,6 +88,18 @@ def _peak_mb(dev: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
 
 
+@contextlib.contextmanager
+def _setting(owner: Any, name: str, value: Any) -> Any:
+    """``owner.name = value`` within the block (``None``: left as it is), restored after it."""
+    old = getattr(owner, name)
+    if value is not None:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
 def _reset_peak(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -111,17 +123,11 @@ def engine_case(width: int, seeds: int, *, epochs: int, root: str, device: str, 
         precision = "fp32"
     runs = image_runs(width, seeds, epochs=epochs, root=root, batch=batch, moments=moments)
     _reset_peak(dev)
-    default, engine.GPU_CONV_IMPL = engine.GPU_CONV_IMPL, conv_impl or engine.GPU_CONV_IMPL
-    fused_default = moments_mod.FUSED_CUDA
-    moments_mod.FUSED_CUDA = fused_default if fused is None else fused
-    try:
+    with _setting(engine, "GPU_CONV_IMPL", conv_impl), _setting(moments_mod, "FUSED_CUDA", fused):
         t0 = time.perf_counter()
         outs = engine.train_stack(runs, device=dev, precision=precision, compile=compile)
         wall = time.perf_counter() - t0
         fused = moments_mod.FUSED_CUDA  # what ran (a failed compilation turns it off)
-    finally:
-        engine.GPU_CONV_IMPL = default
-        moments_mod.FUSED_CUDA = fused_default
     curves = outs[0].curves
     per_epoch = outs[0].run["steps"] // outs[0].run["epochs_completed"] * batch * seeds  # images, all seeds
     t_first = curves[0]["wall_time_s"]
@@ -346,26 +352,22 @@ def moments_case(seeds: int, batch: int, channels: int, hw: int, *, device: str,
     packed = torch.randn(batch, seeds * channels, hw, hw, device=dev, generator=g, dtype=dtype)
     packed = (packed.relu_() * 2 - 0.5)  # a skewed distribution with exact zeros, offset from 0
     site = packed.view(batch, seeds, channels, hw, hw).transpose(0, 1)
-    default = moments.FUSED_CUDA
     out: dict[str, Any] = {"case": "moments", "shape": list(site.shape), "dtype": str(dtype),
                            "values": site.numel(), "seeds": seeds}
     results = {}
-    try:
-        for fused in (True, False):
-            moments.FUSED_CUDA = fused
-            times = []
+    for fused in (True, False):
+        times = []
+        with _setting(moments, "FUSED_CUDA", fused):
             for _ in range(reps + 1):
                 _sync(dev)
                 t0 = time.perf_counter()
                 acc = moments.MomentAccumulator.from_tensors([site], channel_dim=2)
                 _sync(dev)
                 times.append(time.perf_counter() - t0)
-            name = "fused" if fused else "eager"
-            out[f"{name}_first_s"], out[f"{name}_ms"] = times[0], 1e3 * float(np.median(times[1:]))
-            out[f"{name}_gb_per_s"] = site.numel() * site.element_size() / (out[f"{name}_ms"] / 1e3) / 1e9
-            results[name] = acc.result()
-    finally:
-        moments.FUSED_CUDA = default
+        name = "fused" if fused else "eager"
+        out[f"{name}_first_s"], out[f"{name}_ms"] = times[0], 1e3 * float(np.median(times[1:]))
+        out[f"{name}_gb_per_s"] = site.numel() * site.element_size() / (out[f"{name}_ms"] / 1e3) / 1e9
+        results[name] = acc.result()
     out["eager_over_fused"] = out["eager_ms"] / out["fused_ms"]
     a, b = results["fused"], results["eager"]
     out["max_rel_diff"] = {k: float(((a[k] - b[k]).abs() / (b[k].abs() + 1e-12)).max())

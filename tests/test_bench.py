@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bnstats import bench
 from tests.conftest import REPO
@@ -186,3 +187,14 @@ def test_reshape_max_pool_equals_max_pool2d_values_and_gradients_with_ties():
     (a * w).sum().backward()
     (b * w).sum().backward()
     assert torch.equal(x.grad, y.grad)
+
+
+def test_moment_clock_times_the_moment_functions_and_restores_them():
+    from bnstats import moments, train
+
+    before = moments.MomentAccumulator.__dict__["from_tensors"], train.summarize_many
+    with bench._MomentClock() as clock:
+        acc = moments.MomentAccumulator.from_tensors([torch.randn(64, 3, generator=torch.Generator().manual_seed(0))])
+        train.summarize_many([acc])
+    assert clock.seconds > 0
+    assert (moments.MomentAccumulator.__dict__["from_tensors"], train.summarize_many) == before
