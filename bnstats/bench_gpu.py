@@ -35,6 +35,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def _peak_mb(dev: torch.device) -> float | None:
 
 
 @contextlib.contextmanager
-def _setting(owner: Any, name: str, value: Any) -> Any:
+def _setting(owner: Any, name: str, value: Any) -> Iterator[None]:
     """``owner.name = value`` within the block (``None``: left as it is), restored after it."""
     old = getattr(owner, name)
     if value is not None:
