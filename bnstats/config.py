@@ -200,6 +200,7 @@ class EngineConfig:
     precision: str = "fp32"      # fp32 (float32, TF32 off) | bf16 (CUDA autocast, norm statistics in fp32)
     deterministic: bool = False  # deterministic algorithms, cuBLAS workspace config, no cuDNN benchmark
     compile: bool = False        # torch.compile the stacked model (CUDA): ~10-30 s per arm, +30-40% images/s on CNNs
+    cpu_isa: str = "avx2"        # avx2: CPU kernels pinned to AVX2, the same bits on any x86-64 CPU | native: the CPU's best (bnstats/cpu.py)
 
     def validate(self) -> EngineConfig:
         _choice("engine.stack", self.stack, ("auto", "on", "off"))
@@ -207,6 +208,7 @@ class EngineConfig:
         _choice("engine.precision", self.precision, ("fp32", "bf16"))
         _bool("engine.deterministic", self.deterministic)
         _bool("engine.compile", self.compile)
+        _choice("engine.cpu_isa", self.cpu_isa, ("avx2", "native"))
         return self
 
 

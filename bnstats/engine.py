@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, models
+from . import cpu, data, models
 from . import train as training
 from .config import RunConfig, derive_seed
 from .train import (
@@ -528,7 +528,7 @@ def _train_stack(runs: list[RunConfig], device: torch.device, git_commit: str, p
             "epochs_completed": epochs_completed[i], "steps": epochs_completed[i] * steps_per_epoch,
             "n_params": n_params, "init_hash": init_hashes[i], "order_hash": order_hashes[i].hexdigest()[:16],
             "data_hash": data_hash, "wall_time_s": wall, "device": device_name(device),
-            "hostname": _hostname(), "git_commit": git_commit, **versions(),
+            "hostname": _hostname(), "git_commit": git_commit, **versions(), **cpu.state(),
         }
         for table in (curves[i], moments[i], moments_channel[i]):
             for r in table:

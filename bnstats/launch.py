@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from . import cpu
 from .config import ConfigError, LauncherConfig
 
 SLURM_MAX_ARRAY = 1000  # Slurm's default MaxArraySize is 1001: submit larger sweeps as several arrays
@@ -35,8 +36,9 @@ SLURM_MAX_ARRAY = 1000  # Slurm's default MaxArraySize is 1001: submit larger sw
 # local worker processes
 
 
-def _init_worker(threads: int, gpu_counter: Any, n_gpus: int) -> None:
-    """Runs once in each worker process: torch threads, and this worker's GPU (round-robin)."""
+def _init_worker(threads: int, gpu_counter: Any, n_gpus: int, cpu_isa: str) -> None:
+    """Runs once in each worker process: its CPU kernels, torch threads, and its GPU (round-robin)."""
+    cpu.apply(cpu_isa)  # before the worker's first torch op, which fixes its kernels (bnstats/cpu.py)
     torch.set_num_threads(threads)
     if n_gpus:
         with gpu_counter.get_lock():
@@ -47,8 +49,9 @@ def _init_worker(threads: int, gpu_counter: Any, n_gpus: int) -> None:
 
 
 def local_executor(workers: int, *, device: str = "cpu", threads_per_worker: int = 1,
-                   start_method: str | None = None) -> Executor:
-    """``workers`` local processes, ``threads_per_worker`` torch threads each.
+                   start_method: str | None = None, cpu_isa: str = "avx2") -> Executor:
+    """``workers`` local processes, ``threads_per_worker`` torch threads each, CPU kernels per ``cpu_isa``
+    (``"avx2"``: pinned; ``"native"``: the CPU's best; see :mod:`bnstats.cpu`).
 
     With ``device="cuda"`` the workers take the visible GPUs in turn (worker i uses GPU i mod n), so the
     default of one worker per GPU gives each its own; ``cuda:N`` puts every worker on GPU N.
@@ -63,7 +66,7 @@ def local_executor(workers: int, *, device: str = "cpu", threads_per_worker: int
         ctx.set_forkserver_preload(["bnstats.sweep", "bnstats.engine"])  # engine imports train
     n_gpus = torch.cuda.device_count() if device == "cuda" else 0
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(threads_per_worker, ctx.Value("i", 0), n_gpus))
+                                  initargs=(threads_per_worker, ctx.Value("i", 0), n_gpus, cpu_isa))
 
 
 def default_workers(device: str) -> int:

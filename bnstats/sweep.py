@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from . import cpu
 from .config import ConfigError, RunConfig, SweepConfig
 from .launch import (  # noqa: F401 - re-exported: sweep.InlineExecutor etc. are public
     InlineExecutor,
@@ -95,6 +96,8 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
     """
     from .engine import train_runs  # imported here: the launcher process need not import the model code
 
+    engine = dict(task.engine)
+    cpu.apply(engine.pop("cpu_isa", "avx2"))  # before this process's first torch op (bnstats/cpu.py)
     if task.threads:
         torch.set_num_threads(task.threads)
     store = Store(task.store)
@@ -116,7 +119,7 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
         beat.start()
         written: set[str] = set()
         try:
-            results = train_runs(group, device, stack=task.stack, git_commit=task.git_commit, **task.engine)
+            results = train_runs(group, device, stack=task.stack, git_commit=task.git_commit, **engine)
             for result in results:
                 stored = store.write(result)
                 written.add(result.run["run_id"])
@@ -227,7 +230,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
     stacked = stacks(config, device)
     tasks = pack(todo, lc.runs_per_task, store, device, git_commit(), threads, stack=stacked,
                  max_stack=ec.max_stack,
-                 engine={"precision": ec.precision, "deterministic": ec.deterministic, "compile": ec.compile})
+                 engine={"precision": ec.precision, "deterministic": ec.deterministic, "compile": ec.compile,
+                         "cpu_isa": ec.cpu_isa})
     if own:
         if lc.kind == "submitit":
             if workers:
@@ -237,8 +241,10 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
             where = f"submitit/{executor.cluster}" + (f" partition {lc.partition}" if lc.partition else "")
         else:
             workers = min(workers or lc.workers or default_workers(device), len(tasks))
-            inline = workers == 1 and device == "cpu" and torch.get_num_threads() == 1
-            executor = InlineExecutor() if inline else local_executor(workers, device=device)
+            # In this process only where it computes as the workers would: one thread, the same CPU kernels.
+            inline = (workers == 1 and device == "cpu" and torch.get_num_threads() == 1
+                      and cpu.state()["cpu_isa"] == ec.cpu_isa)
+            executor = InlineExecutor() if inline else local_executor(workers, device=device, cpu_isa=ec.cpu_isa)
             where = "this process" if inline else f"{workers} local worker processes"
     else:
         where = type(executor).__name__

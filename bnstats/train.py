@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, data, models
+from . import __version__, cpu, data, models
 from .config import RunConfig, derive_seed
 from .moments import MomentAccumulator, summarize_many
 
@@ -392,7 +392,7 @@ def _train(run: RunConfig, device: torch.device, git_commit: str) -> RunOutput:
         "init_hash": init_hash, "order_hash": order_hash.hexdigest()[:16],
         "data_hash": data.fingerprint(ds),
         "wall_time_s": time.perf_counter() - t_start, "device": device_name(device),
-        "hostname": socket.gethostname(), "git_commit": git_commit, **versions(),
+        "hostname": socket.gethostname(), "git_commit": git_commit, **versions(), **cpu.state(),
     }
     for r in curves:
         r["run_id"] = run_id

@@ -3,6 +3,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import bnstats  # noqa: F401 - first: it pins torch's CPU kernels before torch picks them (bnstats/cpu.py)
+
+# isort: split
 import pytest
 import torch
 

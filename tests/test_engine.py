@@ -24,7 +24,19 @@ def _close(a, b, tol):
     return a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol * (1 + abs(b))
 
 
-def _assert_same(stacked, singles, tol=1e-4):
+# Stacked and separate runs sum in different orders; training amplifies the rounding. Largest relative
+# differences measured over the tests below (2 epochs) at three instruction sets (tests/test_cpu.py's
+# levels default / avx2 / native AVX-512; 2026-11-30): losses 1.2e-4, moment means, variances and zero
+# fractions 2.9e-4 (per channel included), skewness and excess kurtosis 1.8e-3. The bounds are ~5x those.
+# The init probe (epoch 0, before any step) agrees exactly at every level, and is checked exactly.
+METRIC_TOL, MOMENT_TOL, SHAPE_TOL = 1e-3, 2e-3, 1e-2
+
+
+def _moment_tol(key: str) -> float:
+    return SHAPE_TOL if "kurt" in key or "skew" in key else MOMENT_TOL
+
+
+def _assert_same(stacked, singles, tol=METRIC_TOL):
     for a, b in zip(stacked, singles, strict=True):
         assert set(a.run) - set(b.run) == STACK_ONLY and not set(b.run) - set(a.run)
         for k in ("run_id", "seed", "init_hash", "order_hash", "data_hash", "diverged", "diverged_step",
@@ -44,10 +56,12 @@ def _assert_same(stacked, singles, tol=1e-4):
                                        "n_channels")} == {k: mb[k] for k in ("run_id", "epoch", "step",
                                                                              "source", "layer", "site",
                                                                              "count", "n_channels")}
-            for k in NUMERIC:  # kurtosis of near-constant channels amplifies rounding: a looser bound
-                assert _close(ma[k], mb[k], 1e-3 if "kurt" in k or "skew" in k else tol), (k, ma, mb)
+            for k in NUMERIC:
+                bound = 0.0 if ma["epoch"] == 0 else _moment_tol(k)
+                assert _close(ma[k], mb[k], bound), (k, ma, mb)
 
 
+@pytest.mark.closeness
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_stack_equals_separate_runs_for_every_placement(data_root, tmp_path, arch):
     runs = _runs(data_root, tmp_path, seeds=2, epochs=2)
@@ -56,6 +70,7 @@ def test_stack_equals_separate_runs_for_every_placement(data_root, tmp_path, arc
         _assert_same(engine.train_stack(group), [train(r) for r in group])
 
 
+@pytest.mark.closeness
 def test_stack_2d_images_with_augmentation_dropout_and_per_channel_moments(data_root, tmp_path):
     extra = f"[data]\nroot = \"{data_root}\"\naugment = true\n"
     p = tmp_path / "c.toml"
@@ -71,7 +86,7 @@ def test_stack_2d_images_with_augmentation_dropout_and_per_channel_moments(data_
         _assert_same(st, single)
         for a, b in zip(st, single, strict=True):
             assert len(a.moments_channel) == len(b.moments_channel) > 0
-            assert all(_close(x["var"], y["var"], 1e-4) and x["channel"] == y["channel"]
+            assert all(_close(x["var"], y["var"], 0.0 if x["epoch"] == 0 else MOMENT_TOL) and x["channel"] == y["channel"]
                        for x, y in zip(a.moments_channel, b.moments_channel, strict=True))
 
 
@@ -106,6 +121,7 @@ def test_stacked_model_matches_each_model_for_other_norms(norm):
             st.train()
 
 
+@pytest.mark.closeness
 def test_a_diverging_seed_is_recorded_and_the_others_go_on(data_root, tmp_path, monkeypatch):
     runs = [r for r in _runs(data_root, tmp_path, seeds=2, epochs=2)
             if r.model.arch == "mlp" and r.model.placement == "none"]

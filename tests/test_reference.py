@@ -6,8 +6,9 @@ committed config to check that the stored numbers come from that config and code
 """
 
 import pytest
+import torch
 
-from bnstats import config, report, store
+from bnstats import config, cpu, report, store
 from bnstats.train import train
 from tests.conftest import REPO
 
@@ -51,6 +52,12 @@ def test_stored_numbers_are_reproduced_bitwise_by_retraining(results, pick, data
     run = next(r for r in config.load(CONFIG, overrides=[f"data.root='{data_root}'"]).runs()
                if r.seed == pick["seed"] and all(getattr(r.model, k) == v for k, v in pick.items() if k != "seed"))
     stored = results.runs.set_index("run_id").loc[run.run_id]
+    # A bitwise claim holds between processes that compute alike: the same torch, the same CPU kernels
+    # (bnstats/cpu.py pins them on any x86-64 CPU) and thread count. Compare like with like.
+    here = {**cpu.state(), "torch_version": torch.__version__}
+    differ = {k: (stored.get(k), here[k]) for k in (*cpu.BITWISE_FIELDS, "torch_version") if stored.get(k) != here[k]}
+    if differ:
+        pytest.skip(f"stored run computed differently (stored, here): {differ}; no bitwise claim between them")
     out = train(run)
     assert out.run["test_acc"] == stored["test_acc"]
     assert out.run["test_loss"] == stored["test_loss"]
