@@ -167,7 +167,7 @@ def paired_seed_figure(rep: Report):
     return fig
 
 
-def _diff_frame(rep: Report, cmp: pd.DataFrame) -> pd.DataFrame:
+def _diff_frame(rep: Report) -> pd.DataFrame:
     """Per-seed differences arm − baseline, paired on seed as ``stats.compare`` pairs them."""
     from ..stats._frames import pair_up
 
@@ -187,7 +187,7 @@ def comparison_labels(rep: Report, cmp: pd.DataFrame) -> list[str]:
     return [" · ".join([*(str(r[k]) for k in rep.by), f"{r['arm']} − {r['baseline']}"]) for r in cmp.to_dict("records")]
 
 
-def _margin_band(ax, rep: Report, horizontal=True):
+def _margin_band(ax, rep: Report):
     m = rep.params["margin"]
     if m is None:
         return None
@@ -201,7 +201,7 @@ def differences_figure(rep: Report, cmp: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     d = rep.disp
-    diffs = _diff_frame(rep, cmp)
+    diffs = _diff_frame(rep)
     labels = comparison_labels(rep, cmp)
     n = len(cmp)
     fig, ax = plt.subplots(figsize=(FIG_WIDTH, 0.45 * n + 1.3))

@@ -22,8 +22,6 @@ METRIC_LABELS = {"test_acc": "test accuracy", "train_acc": "training accuracy", 
                  "train_loss": "training loss", "val_acc": "validation accuracy", "val_loss": "validation loss"}
 MOMENT_LABELS = {"skew": "skewness", "exkurt": "excess kurtosis", "frac_zero": "fraction of zeros",
                  "mean": "mean", "var": "variance"}
-SITE_LABELS = {"norm_in": "input of the norm", "norm_out": "output of the norm",
-               "act_in": "input of the activation", "act_out": "output of the activation"}
 MINUS = "\u2212"
 NBSP = "\u00a0"
 
