@@ -118,7 +118,7 @@ def test_report_notebook_failure_is_one_line_and_keeps_the_traceback(sweep, tmp_
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    from bnstats import report
+    from bnstats.report import rendering as report  # render() looks notebook_path up in its own module
 
     real = nbformat.read(report.notebook_path(), as_version=4)
     nb = new_notebook(cells=[real.cells[0], new_code_cell('raise RuntimeError("boom in the notebook")')],

@@ -1,0 +1,525 @@
+"""The :class:`Report` the notebook's cells share: it reads the store, checks the pairing, writes the
+tables and figures it is handed and composes the text blocks (design, headline, How to cite, Methods,
+caveats, provenance) as HTML; and what it certifies about its inputs (:func:`pairing_certificate`,
+:func:`store_hash`, :func:`software_versions`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..store import git_commit
+from .figures import PX_PER_IN, draw_figures, save_figure
+from .rendering import check_parameters
+from .tables import esc, html_table, tex_table, write_csv
+from .text import (
+    NBSP,
+    P_ADJUST_NAMES,
+    MetricDisplay,
+    cell_label,
+    ci,
+    cite_sentence,
+    fmt_p,
+    level_label,
+    num,
+    seed_ranges,
+    split_caveats,
+    training_text,
+)
+
+
+def pairing_certificate(runs: pd.DataFrame, factor: str, factors: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per seed and every grid factor except ``factor``: do all arms share ``init_hash`` and ``order_hash``?
+
+    Returns one row per group: the group keys, ``n_arms``, ``n_init_hash``, ``n_order_hash``, ``ok``.
+    """
+    factors = list(factors if factors is not None else runs.attrs.get("factors", []))
+    keys = ["seed", *[f for f in factors if f != factor]]
+    g = runs.groupby(keys, sort=True, observed=True, dropna=False)
+    out = g.agg(n_arms=(factor, "nunique"), n_init_hash=("init_hash", "nunique"),
+                n_order_hash=("order_hash", "nunique")).reset_index()
+    out["ok"] = (out["n_init_hash"] == 1) & (out["n_order_hash"] == 1)
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def store_hash(runs: pd.DataFrame) -> str:
+    """sha256 of the runs table's contents (rows sorted by ``run_id``, columns by name; order-free)."""
+    df = runs.sort_values("run_id", kind="stable")[sorted(runs.columns)]
+    recs = [{k: (repr(v) if isinstance(v, float) else _plain(v)) for k, v in r.items()}
+            for r in df.to_dict("records")]
+    return hashlib.sha256(json.dumps(recs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+REPORT_PACKAGES = ("numpy", "scipy", "statsmodels", "pandas", "pyarrow", "matplotlib", "seaborn",
+                   "papermill", "nbconvert", "weasyprint")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that computed and rendered this report."""
+    out = {"python": platform.python_version(), "bnstats": __version__}
+    for pkg in REPORT_PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _uniq(runs: pd.DataFrame, col: str) -> list[str]:
+    return sorted(map(str, runs[col].dropna().unique())) if col in runs else []
+
+
+class _HTML:
+    """Rich display of an HTML string (what ``IPython.display.HTML`` does, without importing IPython)."""
+
+    def __init__(self, data: str):
+        self.data = data
+
+    def _repr_html_(self) -> str:
+        return self.data
+
+    def __repr__(self) -> str:
+        return f"<HTML {len(self.data)} chars>"
+
+
+class Report:
+    """State shared by the notebook's cells: the parameters, the output folder, figure/table counters.
+
+    ``Report(results, out, **params)`` validates the parameters against the store, loads it, and
+    makes ``out/tables`` and ``out/figures``.
+    """
+
+    def __init__(self, results: str | os.PathLike, out: str | os.PathLike = "", **params: Any):
+        from .. import store
+
+        self.res = store.load(results)
+        self.runs = self.res.runs
+        p = check_parameters({**params, "results": str(results), "out": str(out)}, self.runs, self.res.factors)
+        self.params = p
+        self.results = str(results)
+        self.out = Path(out) if out else Path(results) / "report"
+        self.metric, self.factor, self.baseline = p["metric"], p["factor"], p["baseline"]
+        self.by = [f for f in self.res.factors if f != self.factor]
+        self.disp = MetricDisplay.of(self.metric)
+        self.level = round(100 * float(p["confidence_level"]), 6)
+        self.files: list[str] = []
+        self._n_fig = 0
+        self._n_tab = 0
+        for d in ("tables", "figures"):
+            (self.out / d).mkdir(parents=True, exist_ok=True)
+        arms = [lv for lv in sorted(map(str, self.runs[self.factor].dropna().unique())) if lv != self.baseline]
+        order = [str(x) for x in self.res.config.get("grid", {}).get(self.factor, [])]
+        arms.sort(key=lambda a: (order.index(a) if a in order else len(order), a))
+        self.arms = [self.baseline, *arms]
+        import seaborn as sns
+
+        self.palette = dict(zip(self.arms, sns.color_palette("colorblind", len(self.arms)).as_hex(), strict=True))
+
+    # --- output -----------------------------------------------------------------------------------
+    def _record(self, path: Path) -> None:
+        self.files.append(path.relative_to(self.out).as_posix())
+
+    def table(self, name: str, raw: pd.DataFrame, shown: pd.DataFrame | None = None, *, caption: str,
+              tex: pd.DataFrame | None = None, right: Iterable[str] = (), tex_right: Iterable[str] | None = None,
+              cls: str = "", display: bool = True, write_tex: bool = True):
+        """Write ``tables/<name>.csv`` (``raw``, every digit) and, with ``write_tex``, ``tables/<name>.tex``
+        (``tex`` or ``shown``, rounded); return the HTML of ``shown`` with a numbered caption."""
+        right = list(right)
+        csv = self.out / "tables" / f"{name}.csv"
+        write_csv(raw, csv)
+        self._record(csv)
+        shown = raw if shown is None else shown
+        if write_tex:
+            texdf = tex if tex is not None else shown
+            texp = self.out / "tables" / f"{name}.tex"
+            plain = html.unescape(re.sub(r"<[^>]+>", "", caption))
+            texp.write_text(tex_table(texdf, right=right if tex_right is None else tex_right, caption=plain))
+            self._record(texp)
+        if not display:
+            return None
+        self._n_tab += 1
+        files = f"tables/{esc(name)}.csv" + (", .tex" if write_tex else "")
+        return _HTML(f'<p class="caption"><b>Table {self._n_tab}.</b> {caption} '
+                     f'<span class="files">[{files}]</span></p>' + html_table(shown, cls=cls, right=right))
+
+    def _figure_html(self, name: str, caption: str, w_in: float) -> _HTML:
+        import base64
+
+        png = self.out / "figures" / f"{name}.png"
+        self._record(png)
+        self._record(self.out / "figures" / f"{name}.pdf")
+        self._n_fig += 1
+        data = base64.b64encode(png.read_bytes()).decode()
+        return _HTML(f'<figure><img src="data:image/png;base64,{data}" width="{round(w_in * PX_PER_IN)}" '
+                     f'alt="{esc(name)}"/><figcaption><b>Figure {self._n_fig}.</b> {caption} '
+                     f'<span class="files">[figures/{esc(name)}.png, .pdf]</span></figcaption></figure>')
+
+    def figure(self, fig, name: str, caption: str) -> _HTML:
+        """Save one figure (PNG + PDF) and return it, numbered and captioned, for display."""
+        return self._figure_html(name, caption, save_figure(fig, self.out / "figures", name))
+
+    def figures(self, jobs: Sequence[tuple[str, str, Any, tuple]]) -> list[_HTML | None]:
+        """Build and save several figures; return their HTML in the order of ``jobs`` (None where a
+        builder had nothing to plot).
+
+        ``jobs``: ``(name, caption, builder, args)`` with ``builder(report, *args) -> Figure | None``.
+        :func:`~bnstats.report.figures.draw_figures` draws them (in forked workers where the platform forks).
+        """
+        widths = draw_figures(self, [(name, builder, args) for name, _, builder, args in jobs])
+        return [None if w is None else self._figure_html(name, caption, w)
+                for (name, caption, _, _), w in zip(jobs, widths, strict=True)]
+
+    def cells(self) -> list[dict[str, Any]]:
+        """The cells (values of every grid factor except ``factor``), in the order of ``stats.compare``."""
+        from ..stats._frames import cells
+
+        return [cell for cell, _ in cells(self.runs, self.by)]
+
+    @staticmethod
+    def name(prefix: str, cell: dict[str, Any]) -> str:
+        """A file name for a cell's figure: ``moments_cnn_relu``."""
+        parts = [prefix, *(str(v) for v in cell.values())]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts))
+
+    @property
+    def title(self) -> str:
+        cfg = self.res.config
+        return self.params["title"] or f"{cfg.get('name', 'sweep')}: {self.factor} and {self.disp.label}"
+
+    def headline_table(self, raw: pd.DataFrame, shown: pd.DataFrame, tex: pd.DataFrame, cmp: pd.DataFrame):
+        lvl = f"{self.level:g}%"
+        d = self.disp
+        u = f" ({d.unit})" if d.unit else ""
+        du = f" ({d.diff_unit})" if d.diff_unit else ""
+        cap = (f"Headline: one row per comparison (cell × arm vs. {esc(self.baseline)}). Baseline and arm: mean ± SD "
+               f"over seeds{u}. Δ: mean of the per-seed differences arm − baseline{du}, with its {lvl} paired t interval "
+               f"(primary) and BCa bootstrap interval. d_z: mean / SD of the differences, with its noncentral-t "
+               f"interval. p: two-sided paired t-test; p_adj: {P_ADJUST_NAMES[self.params['p_adjust']]} over the "
+               f"{len(cmp)} comparisons. Verdict: better / worse when the t interval excludes 0"
+               + (", equivalent when TOST rejects within the margin" if self.params["margin"] is not None else "")
+               + ", else inconclusive.")
+        right = [c for c in shown.columns if c not in (*self.by, self.factor, "verdict")]
+        tex_right = [c for c in tex.columns if c not in (*self.by, self.factor, "verdict")]
+        return self.table("headline", raw, shown, tex=tex, caption=cap, right=right, tex_right=tex_right, cls="wide")
+
+    def arms_block(self, desc: pd.DataFrame):
+        """Table of ``stats.describe`` per cell and arm (rounded), written as arms.csv / arms.tex."""
+        shown = self.arms_table(desc)
+        return self.table("arms", desc, shown, right=shown.columns[len(self.by) + 1:], caption=self.arms_caption())
+
+    def arms_caption(self) -> str:
+        d = self.disp
+        return (f"{esc(d.label[0].upper() + d.label[1:])} per cell and arm over seeds{f' ({d.unit})' if d.unit else ''} "
+                "(stats.describe): n finite values, NaN values, diverged runs, mean, SD (ddof = 1), min, max.")
+
+    def caption(self, kind: str, **kw: Any) -> str:
+        d = self.disp
+        lvl = f"{self.level:g}%"
+        lab = d.label
+        cells = ", ".join(self.by) or "all runs"
+        du = f" ({d.diff_unit})" if d.diff_unit else ""
+        margin = " Green band: equivalence margin." if self.params["margin"] is not None else ""
+        if kind == "paired_seeds":
+            return (f"{esc(lab[0].upper() + lab[1:])}{f' ({d.unit})' if d.unit else ''} per arm, one panel per cell "
+                    f"({esc(cells)}). Grey lines join the arms of one seed (the pairing); large dots: arm means.")
+        if kind == "differences":
+            return (f"Per-seed differences arm − baseline in {esc(lab)}{du}, one row per comparison; small dots: seeds. "
+                    f"Black: mean with its {lvl} paired t interval; purple bar: {lvl} BCa bootstrap interval; "
+                    f"dashed line: no difference.{margin}")
+        if kind == "forest":
+            return (f"Effects across cells. Left: mean difference{du} with its {lvl} paired t interval (dotted: BCa). "
+                    f"Right: d_z with its {lvl} noncentral-t interval. Colour: verdict.{margin}")
+        if kind == "learning_curves":
+            return ("Learning curves per cell: test-set metric and training loss (mean cross-entropy) per epoch, per arm; "
+                    "line: mean over seeds; band: ± 1 SD across seeds.")
+        if kind == "moments":
+            probe = self.res.config.get("moments", {}).get("probe_size", "?")
+            return (f"Activation moments per layer over training, {esc(cell_label(kw['cell']))}: channel-mean "
+                    "skewness, excess kurtosis (0 for a Gaussian) and fraction of exact zeros at <b>norm_in</b> "
+                    "(the input of the norm: the linear output when placement = before, the activation's output when "
+                    "after) and <b>act_out</b> (the activation's output), on the fixed probe batch "
+                    f"({probe} test inputs, eval mode) at initialization (epoch 0) and after each epoch. Line: mean "
+                    "over seeds; band: ± 1 SD. placement = none has no norm_in.")
+        if kind == "association":
+            return (f"Does the between-arm difference of a moment at norm_in track the difference in {esc(lab)}? "
+                    f"Pearson r across seeds (stats.paired_association; final epoch, probe batch) with its {lvl} "
+                    "Fisher-z interval, per cell, arm and layer; 'undefined': constant or too few seeds. "
+                    "Benjamini–Hochberg-adjusted p in tables/paired_association.csv.")
+        raise ValueError(f"caption: unknown kind {kind!r}")
+
+    def association_shown(self, a: pd.DataFrame) -> pd.DataFrame:
+        keep = [c for c in (*self.by, "arm", "baseline", "layer", "site", "moment", "n") if c in a]
+        shown = a[keep].copy()
+        shown["r"] = a["r"].map(lambda x: num(x, 2))
+        shown["CI"] = [ci(lo, hi, 2) for lo, hi in zip(a["ci_low"], a["ci_high"], strict=True)]
+        shown["p"] = a["p"].map(fmt_p)
+        shown["p_adj"] = a["p_adj"].map(fmt_p)
+        return shown
+
+    # --- text blocks ------------------------------------------------------------------------------
+    def title_block(self) -> _HTML:
+        desc = self.res.config.get("description", "")
+        return _HTML(f"<h1>{esc(self.title)}</h1>" + (f'<p class="lead">{esc(desc)}</p>' if desc else ""))
+
+    def design_block(self, cert: pd.DataFrame) -> _HTML:
+        cfg, runs = self.res.config, self.runs
+        tr, md = cfg.get("train", {}), cfg.get("model", {})
+        grid = cfg.get("grid", {})
+        seeds = sorted(int(s) for s in runs["seed"].unique())
+        items = [
+            ("Question", f"Does {self.disp.label} differ between the levels of <b>{esc(self.factor)}</b>? "
+                         f"Every arm is compared with the baseline <b>{esc(self.baseline)}</b> "
+                         f"({esc(level_label(self.factor, self.baseline))}); a difference is arm − baseline, "
+                         f"paired on seed, within each cell ({esc(', '.join(self.by)) or 'a single cell'} held fixed)."),
+            ("Dataset", esc(", ".join(_uniq(runs, "dataset")) or cfg.get("dataset", "?"))
+             + (f" (data hash {esc(', '.join(_uniq(runs, 'data_hash')))})" if "data_hash" in runs else "")),
+        ]
+        for f in self.res.factors:
+            levels = [str(x) for x in grid.get(f, _uniq(runs, f))]
+            items.append((f, esc(", ".join(levels))))
+        fixed = {k: v for k, v in md.items() if k not in grid}
+        items.append(("Seeds", f"{len(seeds)}: " + esc(seed_ranges(seeds))))
+        items.append(("Training", esc(training_text(tr, grid))))
+        model = [f"{k} = {'arch default' if k in ('width', 'depth') and v == 0 else v}" for k, v in fixed.items()
+                 if k in ("norm", "affine", "width", "depth", "kernel_size", "dropout")]
+        if "arch" in runs and "n_params" in runs:
+            sizes = runs.groupby("arch", sort=True)["n_params"].agg(["min", "max"])
+            model.append("parameters: " + ", ".join(
+                f"{a} {lo:,}" + (f"–{hi:,}" if hi != lo else "") for a, (lo, hi) in sizes.iterrows()))
+        items.append(("Model", esc("; ".join(model))))
+        bad = cert[~cert["ok"]]
+        if bad.empty:
+            pc = (f"<b>yes</b>: in each of the {len(cert)} groups of runs with the same seed and the same "
+                  f"{esc(', '.join(self.by)) or 'settings'}, all arms share init_hash (initial weights) and "
+                  "order_hash (batch order).")
+        else:
+            pc = (f"<b>no</b>: {len(bad)} of {len(cert)} groups have arms with different init_hash or order_hash; "
+                  f"seeds {esc(', '.join(map(str, sorted(bad['seed'].unique()))))}.")
+        items.append(("Pairing certificate", pc))
+        n_runs = len(runs)
+        n_div = int(runs["diverged"].fillna(False).astype(bool).sum()) if "diverged" in runs else 0
+        items.append(("Runs", f"{n_runs} stored, {n_div} diverged"))
+        return _HTML('<dl class="design">' + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>")
+
+    def headline(self, cmp: pd.DataFrame, desc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """(raw, shown, tex): the headline table, one row per comparison."""
+        d = self.disp
+        s, dg = d.scale, d.digits
+        key = [*self.by, "arm"]
+        st = desc.set_index(key)
+        raw_rows, shown, tex = [], [], []
+        lvl = f"{self.level:g}%"
+        for r in cmp.to_dict("records"):
+            cell = tuple(r[k] for k in self.by)
+            a = st.loc[(*cell, r["baseline"])] if self.by else st.loc[r["baseline"]]
+            b = st.loc[(*cell, r["arm"])] if self.by else st.loc[r["arm"]]
+            raw_rows.append({**{k: r[k] for k in self.by}, "arm": r["arm"], "baseline": r["baseline"], "n": r["n"],
+                             "mean_baseline": a["mean"], "sd_baseline": a["sd"], "mean_arm": b["mean"], "sd_arm": b["sd"],
+                             "estimate": r["estimate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                             "boot_ci_low": r["boot_ci_low"], "boot_ci_high": r["boot_ci_high"], "d_z": r["d_z"],
+                             "d_z_ci_low": r["d_z_ci_low"], "d_z_ci_high": r["d_z_ci_high"], "t": r["t"], "df": r["df"],
+                             "p": r["p"], "p_adj": r["p_adj"], "p_tost": r["p_tost"], "verdict": r["verdict"],
+                             "n_diverged": r["n_diverged"], "scale": s})
+            cells = {k: r[k] for k in self.by}
+            # the page: two-line cells (t over BCa; d_z over its interval) keep the table within A4 width
+            shown.append({
+                **cells, self.factor: r["arm"], "n": str(r["n"]),
+                d.with_unit(str(r["baseline"])): f"{num(a['mean'] * s, dg)} ± {num(a['sd'] * s, dg)}",
+                d.with_unit("arm"): f"{num(b['mean'] * s, dg)} ± {num(b['sd'] * s, dg)}",
+                d.with_unit("Δ", True): num(r["estimate"] * s, dg, sign=True),
+                d.with_unit(f"{lvl} CI", True): (f"t: {ci(r['ci_low'] * s, r['ci_high'] * s, dg)}\n"
+                                                 f"BCa: {ci(r['boot_ci_low'] * s, r['boot_ci_high'] * s, dg)}"),
+                f"d_z ({lvl} CI)": f"{num(r['d_z'], 2)}\n{ci(r['d_z_ci_low'], r['d_z_ci_high'], 2)}",
+                "p": fmt_p(r["p"]), "p_adj": fmt_p(r["p_adj"]), "verdict": r["verdict"],
+            })
+            # the .tex file: one number per column
+            pm = r" $\pm$ "
+            tex.append({
+                **cells, self.factor: r["arm"], "n": str(r["n"]),
+                d.with_unit(str(r["baseline"])): num(a["mean"] * s, dg, style="tex") + pm + num(a["sd"] * s, dg, style="tex"),
+                d.with_unit("arm"): num(b["mean"] * s, dg, style="tex") + pm + num(b["sd"] * s, dg, style="tex"),
+                d.with_unit(r"$\Delta$", True): num(r["estimate"] * s, dg, sign=True, style="tex"),
+                f"{lvl} CI (t)": ci(r["ci_low"] * s, r["ci_high"] * s, dg, "tex"),
+                f"{lvl} CI (BCa)": ci(r["boot_ci_low"] * s, r["boot_ci_high"] * s, dg, "tex"),
+                "$d_z$": num(r["d_z"], 2, style="tex"),
+                f"$d_z$ {lvl} CI".replace("%", r"\%"): ci(r["d_z_ci_low"], r["d_z_ci_high"], 2, "tex"),
+                "$p$": fmt_p(r["p"], "tex"), r"$p_\mathrm{adj}$": fmt_p(r["p_adj"], "tex"), "verdict": r["verdict"],
+            })
+        return pd.DataFrame(raw_rows), pd.DataFrame(shown), pd.DataFrame(tex)
+
+    def arms_table(self, desc: pd.DataFrame):
+        d = self.disp
+        s, dg = d.scale, d.digits
+        rows = []
+        for r in desc.to_dict("records"):
+            rows.append({**{k: r[k] for k in self.by}, self.factor: r["arm"], "n": r["n"], "NaN": r["n_nan"],
+                         "diverged": r["n_diverged"], d.with_unit("mean"): num(r["mean"] * s, dg),
+                         d.with_unit("sd"): num(r["sd"] * s, dg), d.with_unit("min"): num(r["min"] * s, dg),
+                         d.with_unit("max"): num(r["max"] * s, dg)})
+        return pd.DataFrame(rows)
+
+    def summary(self, cmp: pd.DataFrame, raw_headline: pd.DataFrame, cert: pd.DataFrame, sentences: list[str]) -> dict:
+        """Every number of the headline table, unrounded, in the metric's units (``scale`` converts)."""
+        p = self.params
+        comps = []
+        cols = [c for c in raw_headline.columns if c != "scale"]
+        for (_, h), (_, c), sent in zip(raw_headline.iterrows(), cmp.iterrows(), sentences, strict=True):
+            row = {k: _plain(h[k]) for k in cols}
+            row.update({"ci_method": c["method"], "boot_method": c["boot_method"], "confidence_level": _plain(c["confidence_level"]),
+                        "p_adjust_method": c["p_adjust_method"], "effect_size_name": c["effect_size_name"],
+                        "margin_low": _plain(c["margin_low"]), "margin_high": _plain(c["margin_high"]),
+                        "caveats": c["caveats"], "sentence": sent})
+            comps.append(row)
+        params = {k: v for k, v in p.items() if k not in ("out",)}
+        return {
+            "title": self.title, "bnstats_version": __version__, "store_hash": store_hash(self.runs), "parameters": params,
+            "metric": self.metric, "factor": self.factor, "baseline": self.baseline, "by": self.by,
+            "display": {"scale": self.disp.scale, "unit": self.disp.unit, "diff_unit": self.disp.diff_unit},
+            "pairing_certificate": {"ok": bool(cert["ok"].all()),
+                                    "failing_seeds": sorted(int(s) for s in cert.loc[~cert["ok"], "seed"].unique())},
+            "comparisons": comps,
+        }
+
+    def write_summary(self, summary: dict) -> None:
+        summary = {**summary, "files": sorted([*self.files, "summary.json"])}
+        path = self.out / "summary.json"
+        path.write_text(json.dumps(summary, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+    def cite_block(self, cmp: pd.DataFrame) -> tuple[_HTML, list[str]]:
+        sentences = [cite_sentence(r, by=self.by) for r in cmp.to_dict("records")]
+        # no line break inside "t(9) = 4.10" and the like (the sentences themselves keep plain spaces)
+        items = "".join(f"<li>{esc(s).replace(' = ', NBSP + '=' + NBSP)}</li>" for s in sentences)
+        note = (f"The interval is the paired t interval at {self.level:g}%; p is the two-sided paired t-test's "
+                f"(adjusted over the {len(cmp)} comparisons by {P_ADJUST_NAMES[self.params['p_adjust']]}); "
+                "d_z is the mean difference divided by the SD of the differences. "
+                "Cite the sweep by its store hash (Provenance).")
+        return _HTML(f'<ol class="cite">{items}</ol><p class="note">{esc(note)}</p>'), sentences
+
+    def methods_block(self, cmp: pd.DataFrame) -> _HTML:
+        p = self.params
+        cfg = self.res.config
+        n_min, n_max = int(cmp["n"].min()), int(cmp["n"].max())
+        n_txt = f"{n_min}" if n_min == n_max else f"{n_min} to {n_max}"
+        wil = ", ".join(sorted(set(cmp["wilcoxon_method"])))
+        flip = ", ".join(sorted(set(cmp["signflip_method"])))
+        v = software_versions()
+        torch_v = ", ".join(_uniq(self.runs, "torch_version")) or "?"
+        lvl = f"{self.level:g}%"
+        margin = p["margin"]
+        parts = [
+            f"We trained {len(self.runs)} runs ({esc(cfg.get('dataset', ''))}; {esc(training_text(cfg.get('train', {}), cfg.get('grid', {})))}) "
+            f"on a grid of {esc(', '.join(self.res.factors))}, replicated over seeds; all arms of a seed share their "
+            "initial weights (where shapes agree) and their data order, so each comparison is paired on seed.",
+            f"For each cell ({esc(', '.join(self.by)) or 'one cell'}) and each arm of {esc(self.factor)} we computed the "
+            f"per-seed difference in {esc(self.disp.label)} (arm − {esc(self.baseline)}; n = {n_txt} seeds per comparison) "
+            f"and report its mean with a {lvl} paired t interval (primary) and a {lvl} BCa bootstrap interval "
+            f"({p['n_resamples']} resamples; Efron 1987), the two-sided paired t-test, the standardized effect "
+            f"d_z = mean / SD of the differences with a noncentral-t interval (Steiger & Fouladi 1997), "
+            f"the Wilcoxon signed-rank test ({esc(wil)}; zeros dropped) and a sign-flip permutation test ({esc(flip)}).",
+            f"p-values of the t-tests are adjusted over the family of {len(cmp)} comparisons by "
+            f"{P_ADJUST_NAMES[p['p_adjust']]}.",
+        ]
+        if margin is not None:
+            lo, hi = (-margin, margin) if not isinstance(margin, list | tuple) else margin
+            s, u = self.disp.scale, self.disp.diff_unit
+            parts.append(f"Equivalence within ({num(lo * s, 2)}, {num(hi * s, 2)}) {u} is tested by two one-sided "
+                         f"paired t-tests (TOST; Schuirmann 1987).")
+        parts.append("A comparison is called better or worse when the t interval excludes zero, equivalent when "
+                     "TOST rejects, else inconclusive.")
+        if p["diverged"] == "drop_pair":
+            parts.append("Seeds where either arm diverged (non-finite loss) are dropped from that comparison and counted.")
+        else:
+            parts.append("Diverged runs are kept as recorded; their NaN metric drops the pair, counted.")
+        if n_min < 15:
+            parts.append("With fewer than 15 seeds the BCa interval under-covers (about 83% at n = 5, 90% at n = 10 "
+                         "for a nominal 95%); the t interval is the one to cite.")
+        parts.append(f"All random draws come from the seed {p['rng']}, so the same store gives the same numbers. "
+                     f"Software: bnstats {v['bnstats']}, Python {v['python']}, PyTorch {esc(torch_v)}, NumPy {v['numpy']}, "
+                     f"SciPy {v['scipy']}, statsmodels {v['statsmodels']}, pandas {v['pandas']}, "
+                     f"matplotlib {v['matplotlib']}, seaborn {v['seaborn']}.")
+        return _HTML('<p class="methods">' + " ".join(parts) + "</p>")
+
+    def caveats_block(self, cmp: pd.DataFrame, desc: pd.DataFrame, cert: pd.DataFrame, extra: Sequence[str] = ()) -> _HTML:
+        by_text: dict[str, list[str]] = {}
+        for r in cmp.to_dict("records"):
+            label = ", ".join([*(str(r[k]) for k in self.by), f"{r['arm']} − {r['baseline']}"])
+            for c in split_caveats(r["caveats"]):
+                by_text.setdefault(c, []).append(label)
+        items = []
+        n_div = int(desc["n_diverged"].sum())
+        if n_div:
+            per = desc[desc["n_diverged"] > 0]
+            where = "; ".join(f"{', '.join(str(r[k]) for k in [*self.by, 'arm'])}: {r['n_diverged']}"
+                              for r in per.to_dict("records"))
+            how = ("dropped with their pair from the comparison (diverged='drop_pair')"
+                   if self.params["diverged"] == "drop_pair" else "kept; their NaN metric drops the pair")
+            items.append(f"{n_div} diverged run(s), {how}: {where}.")
+        else:
+            items.append("No run diverged.")
+        if not cert["ok"].all():
+            bad = sorted(cert.loc[~cert["ok"], "seed"].unique())
+            items.append(f"Pairing certificate fails for seed(s) {', '.join(map(str, bad))}: their arms did not share "
+                         "initial weights or data order; the comparison is paired on seed regardless.")
+        for text, where in by_text.items():
+            scope = "all comparisons" if len(where) == len(cmp) else "; ".join(where)
+            items.append(f"{text} ({scope}).")
+        items.extend(extra)
+        items.append("Correlations between moments and accuracy across seeds are descriptive, not causal.")
+        return _HTML('<ul class="caveats">' + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
+
+    def provenance_block(self, cert: pd.DataFrame) -> _HTML:
+        runs = self.runs
+        v = software_versions()
+        seeds = sorted(int(s) for s in runs["seed"].unique())
+        rows = [
+            ("store", self.results),
+            ("store hash (sha256 of the runs table)", store_hash(runs)),
+            ("runs", str(len(runs))),
+            ("seeds", ", ".join(map(str, seeds))),
+            ("git commit of the runs", ", ".join(_uniq(runs, "git_commit")) or "not recorded"),
+            ("git commit of this report", git_commit() or "not a git checkout"),
+            ("devices", ", ".join(_uniq(runs, "device"))),
+        ]
+        trained = [f"{c.removesuffix('_version')} {'/'.join(_uniq(runs, c))}"
+                   for c in sorted(c for c in runs.columns if c.endswith("_version"))]
+        rows.append(("software (training)", ", ".join(trained)))
+        rows.append(("software (this report)", ", ".join(f"{k} {val}" for k, val in v.items())))
+        rows.append(("report parameters", json.dumps({k: x for k, x in self.params.items() if k != "out"}, sort_keys=True)))
+        table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(x)}</td></tr>" for k, x in rows)
+        config = "\n".join(f"{k} = {json.dumps(v)}" for k, v in _flatten(self.res.config))
+        return _HTML(f'<table class="prov">{table}</table><h3>Sweep configuration (sweep.json)</h3>'
+                     f'<pre class="config">{esc(config)}</pre>')
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"train": {"lr": 0.05}}`` -> ``[("train.lr", 0.05)]``, keys sorted."""
+    out: list[tuple[str, Any]] = []
+    for k in sorted(d):
+        v = d[k]
+        if isinstance(v, dict) and v:
+            out.extend(_flatten(v, f"{prefix}{k}."))
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
