@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -76,10 +77,12 @@ class DataConfig:
     augment: bool = False        # random crop (with `crop_padding`) + horizontal flip; images only
     crop_padding: int = 4        # pixels of zero padding before the random crop
     flip: bool = True            # horizontal flip in the augmentation (images only)
+    val_split: float = 0.0       # fraction of the training set held out for validation (fixed seed, stratified by class)
 
     def validate(self) -> DataConfig:
         if not isinstance(self.root, str):
             raise _err("data.root", "a path string", self.root)
+        _number("data.val_split", self.val_split, low=0.0, high=0.9)
         _bool("data.augment", self.augment)
         _number("data.crop_padding", self.crop_padding, kind=int, low=0)
         _bool("data.flip", self.flip)
@@ -88,7 +91,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "mlp"            # mlp | cnn | vgg | resnet
+    arch: str = "mlp"            # mlp | cnn | vgg | resnet | a model factory: "package.module:function" or "path/file.py:function"
     placement: str = "before"    # before: op -> norm -> act; after: op -> act -> norm; none: op(+bias) -> act
     activation: str = "relu"     # relu | leaky_relu | elu | gelu | selu | tanh | sigmoid | silu | identity
     norm: str = "batch"          # batch | layer | group (the norm placed by `placement`)
@@ -100,9 +103,48 @@ class ModelConfig:
     dropout: float = 0.0         # dropout rate (0 = off)
     dropout_position: str = "head"   # head: before the classifier; block: after every block
     resnet_order: str = "post"   # post: conv-norm-act (He 2015); pre: norm-act-conv (He 2016)
+    place: str = "off"           # factories: "auto" rewrites the factory's model for `placement` (bnstats.nn.place)
+    options: tuple[tuple[str, Any], ...] = ()  # factories: the other [model] keys, passed as keyword arguments
+
+    @property
+    def is_factory(self) -> bool:
+        """Whether ``arch`` names a user's model factory (``module:function``) rather than a built-in arch."""
+        return self.arch not in ARCHS
+
+    def value(self, key: str) -> Any:
+        """A key's value: a field, or for a factory one of its ``options``."""
+        if self.is_factory and key not in ("arch", "placement", "place"):
+            return dict(self.options).get(key)
+        return getattr(self, key)
+
+    def with_values(self, **values: Any) -> ModelConfig:
+        """A copy with ``values`` set: fields, or for a factory its ``options`` (placement is a field)."""
+        if not self.is_factory:
+            return replace(self, **values)
+        own = {k: v for k, v in values.items() if k in ("arch", "placement", "place")}
+        opts = {**dict(self.options), **{k: v for k, v in values.items() if k not in own}}
+        return replace(self, **own, options=tuple(sorted(opts.items())))
+
+    def to_toml(self) -> dict[str, Any]:
+        """The [model] section as a config file writes it (a factory's options as keys of their own)."""
+        if self.is_factory:
+            return {"arch": self.arch, "placement": self.placement, "place": self.place,
+                    **{k: list(v) if isinstance(v, tuple) else v for k, v in self.options}}
+        d = dataclasses.asdict(self)
+        del d["options"]
+        return d
 
     def validate(self) -> ModelConfig:
-        _choice("model.arch", self.arch, ARCHS)
+        if not (self.arch in ARCHS or _is_spec(self.arch)):
+            raise _err("model.arch", "one of " + ", ".join(map(repr, ARCHS)) + " or a model factory "
+                       "'package.module:function' / 'path/to/file.py:function'", self.arch)
+        _choice("model.place", self.place, ("off", "auto"))
+        if self.place == "auto" and not self.is_factory:
+            raise ConfigError("model.place: 'auto' rewrites a model factory's model; the built-in arch "
+                              f"{self.arch!r} places its norms itself (use place = \"off\")")
+        if self.options and not self.is_factory:
+            raise ConfigError(f"model.{self.options[0][0]}: unknown key; valid keys of [model] are: "
+                              f"{', '.join(_keys(ModelConfig)[:-2])}")
         _choice("model.placement", self.placement, PLACEMENTS)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.norm", self.norm, NORMS)
@@ -222,6 +264,24 @@ SECTIONS: dict[str, type] = {
 }
 TOP_KEYS = ("name", "description", "dataset", "seeds", "grid", *SECTIONS)
 DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
+# Keys of [model] that bnstats itself interprets for a model factory; the others go to the factory.
+FACTORY_KEYS = ("arch", "placement", "place")
+
+
+def _is_spec(text: Any) -> bool:
+    from .factory import is_spec
+
+    return is_spec(text)
+
+
+def check_dataset(value: Any) -> str:
+    """``dataset``: a built-in name, ``file:PATH.npz`` or a loader ``package.module:function``."""
+    if value in DATASETS or _is_spec(value):
+        return value
+    if isinstance(value, str) and value.startswith("file:") and value[5:]:
+        return value
+    raise _err("dataset", "one of " + ", ".join(map(repr, DATASETS)) + ", 'file:PATH.npz' or a loader "
+               "'package.module:function'", value)
 # Keys of these sections may be swept in [grid]; `[train]` keys too (e.g. lr).
 GRID_SECTIONS = ("model", "train")
 
@@ -230,8 +290,50 @@ def _keys(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-def _grid_keys() -> dict[str, str]:
-    return {k: sec for sec in GRID_SECTIONS for k in _keys(SECTIONS[sec])}
+def _grid_keys(model: ModelConfig | None = None) -> dict[str, str]:
+    """Keys that [grid] may sweep, with their section; for a model factory, the keyword arguments it
+    accepts (its ``options``) instead of the built-in archs' keys."""
+    keys = {k: sec for sec in GRID_SECTIONS for k in _keys(SECTIONS[sec]) if k not in ("options", "place")}
+    if model is not None and model.is_factory:
+        keys = {k: s for k, s in keys.items() if s != "model" or k in FACTORY_KEYS}
+        keys.update({k: "model" for k in factory_parameters(model.arch)[0] if k not in NOT_OPTIONS and k not in keys})
+    return keys
+
+
+# Keyword arguments bnstats gives every model factory from the dataset (not from the config).
+NOT_OPTIONS = ("in_shape", "num_classes")
+
+
+def factory_parameters(spec: str) -> tuple[frozenset[str], bool]:
+    """The keyword arguments a model factory accepts, and whether it takes ``**kwargs``."""
+    from . import factory
+
+    return factory.parameters(factory.resolve(spec, field="model.arch"))
+
+
+# Keys added after stores existed, left out of identities at their defaults so that those stores keep
+# their run ids; data.root is where files live, not what they are.
+_NEW_DEFAULTS = {"model": {"place": "off", "options": ()}, "data": {"val_split": 0.0}}
+
+
+def _without_defaults(d: dict[str, Any]) -> dict[str, Any]:
+    for sec, defaults in _NEW_DEFAULTS.items():
+        if sec in d:
+            d[sec] = {k: v for k, v in d[sec].items() if not (k in defaults and v == defaults[k])}
+    if "data" in d:
+        d["data"].pop("root", None)
+    return d
+
+
+def _model_from_dict(d: dict[str, Any]) -> ModelConfig:
+    d = dict(d)
+    d["options"] = tuple((k, _frozen(v)) for k, v in d.get("options", ()))
+    return ModelConfig(**d)
+
+
+def _frozen(v: Any) -> Any:
+    """A TOML value made hashable (lists become tuples), so configs stay frozen and comparable."""
+    return tuple(_frozen(x) for x in v) if isinstance(v, list | tuple) else v
 
 
 def derive_seed(seed: int, *keys: str) -> int:
@@ -267,17 +369,16 @@ class RunConfig:
         d = {"dataset": self.dataset, "seed": self.seed}
         for sec in ("model", "train", "moments"):
             d[sec] = dataclasses.asdict(getattr(self, sec))
-        # data.root is where files live, not what they are; augmentation changes numbers.
-        d["data"] = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "root"}
-        return d
+        d["data"] = dataclasses.asdict(self.data)
+        return _without_defaults(d)
 
     @property
     def run_id(self) -> str:
         return stable_hash(self.identity())
 
     def factor_values(self) -> dict[str, Any]:
-        grid = _grid_keys()
-        return {k: getattr(getattr(self, grid[k]), k) for k in self.factors}
+        train_keys = _keys(TrainConfig)
+        return {k: getattr(self.train, k) if k in train_keys else self.model.value(k) for k in self.factors}
 
     def to_dict(self) -> dict[str, Any]:
         d = self.identity()
@@ -290,7 +391,7 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return cls(
             dataset=d["dataset"], seed=int(d["seed"]),
-            model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"]),
+            model=_model_from_dict(d["model"]), train=TrainConfig(**d["train"]),
             moments=MomentsConfig(**d["moments"]), data=DataConfig(**d["data"]),
             sweep=d.get("sweep", ""), factors=tuple(d.get("factors", ())),
         )
@@ -316,7 +417,7 @@ class SweepConfig:
 
     def runs(self) -> list[RunConfig]:
         """Grid × seeds, seed-major so that all arms of a seed finish close together."""
-        sections = _grid_keys()
+        sections = _grid_keys(self.model)
         keys = self.factors
         combos = list(itertools.product(*(values for _, values in self.grid))) or [()]
         out = []
@@ -327,7 +428,7 @@ class SweepConfig:
                     parts[sections[k]][k] = v
                 out.append(RunConfig(
                     dataset=self.dataset, seed=seed,
-                    model=replace(self.model, **parts["model"]).validate(),
+                    model=self.model.with_values(**parts["model"]).validate(),
                     train=replace(self.train, **parts["train"]).validate(),
                     moments=self.moments, data=self.data, sweep=self.name, factors=keys,
                 ))
@@ -342,9 +443,9 @@ class SweepConfig:
         fp32 sweeps keep the identity they had before the option existed).
         """
         d = {"name": self.name, "dataset": self.dataset, "grid": [[k, list(v)] for k, v in self.grid]}
-        for sec in ("model", "train", "moments"):
+        for sec in ("model", "train", "moments", "data"):
             d[sec] = dataclasses.asdict(getattr(self, sec))
-        d["data"] = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "root"}
+        d = _without_defaults(d)
         if self.engine.precision != "fp32":
             d["engine"] = {"precision": self.engine.precision}
         return d
@@ -354,6 +455,7 @@ class SweepConfig:
                              "dataset": self.dataset, "seeds": list(self.seeds)}
         for sec in SECTIONS:
             d[sec] = dataclasses.asdict(getattr(self, sec))
+        d["model"] = self.model.to_toml()
         d["grid"] = {k: list(v) for k, v in self.grid}
         return d
 
@@ -362,11 +464,29 @@ def _section(name: str, raw: Any) -> Any:
     cls = SECTIONS[name]
     if not isinstance(raw, dict):
         raise _err(f"[{name}]", "a table of keys", raw)
-    valid = _keys(cls)
+    if name == "model" and _is_spec(raw.get("arch")):
+        return _factory_model(raw)
+    valid = [k for k in _keys(cls) if k != "options"]
     unknown = sorted(set(raw) - set(valid))
     if unknown:
         raise ConfigError(f"{name}.{unknown[0]}: unknown key; valid keys of [{name}] are: {', '.join(valid)}")
     return cls(**raw).validate()
+
+
+def _factory_model(raw: dict[str, Any]) -> ModelConfig:
+    """[model] of a model factory: ``arch``, ``placement`` and ``place`` are bnstats'; every other key
+    is one of the factory's keyword arguments, legal only when the factory accepts it."""
+    names, var_kw = factory_parameters(raw["arch"])
+    options = {k: v for k, v in raw.items() if k not in FACTORY_KEYS}
+    for k in sorted(options):
+        if k in NOT_OPTIONS:
+            raise ConfigError(f"model.{k}: bnstats passes {k} from the dataset; remove it from [model]")
+        if not (var_kw or k in names):
+            accepted = ", ".join(sorted(n for n in names if n not in NOT_OPTIONS)) or "no keyword arguments"
+            raise ConfigError(f"model.{k}: the model factory {raw['arch']} does not accept {k!r}; it "
+                              f"accepts: {accepted}")
+    own = {k: raw[k] for k in FACTORY_KEYS if k in raw}
+    return ModelConfig(**own, options=tuple(sorted((k, _frozen(v)) for k, v in options.items()))).validate()
 
 
 def _seeds(raw: Any) -> tuple[int, ...]:
@@ -385,11 +505,16 @@ def _seeds(raw: Any) -> tuple[int, ...]:
 def _grid(raw: Any, sections: dict[str, Any]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     if not isinstance(raw, dict):
         raise _err("[grid]", "a table of lists", raw)
-    valid = _grid_keys()
+    valid = _grid_keys(sections["model"])
+    var_kw = sections["model"].is_factory and factory_parameters(sections["model"].arch)[1]
     out = []
     for key, values in raw.items():
+        if key not in valid and var_kw and key not in NOT_OPTIONS:
+            valid = {**valid, key: "model"}  # a factory with **kwargs accepts any key
         if key not in valid:
-            raise ConfigError(f"grid.{key}: unknown key; valid grid keys are: {', '.join(valid)}")
+            what = f"keyword arguments of the model factory {sections['model'].arch}, " if \
+                sections["model"].is_factory else ""
+            raise ConfigError(f"grid.{key}: unknown key; valid grid keys are: {what}{', '.join(valid)}")
         if not isinstance(values, list) or not values:
             raise _err(f"grid.{key}", "a non-empty list", values)
         if len(set(map(repr, values))) != len(values):
@@ -397,10 +522,11 @@ def _grid(raw: Any, sections: dict[str, Any]) -> tuple[tuple[str, tuple[Any, ...
         for v in values:  # validate each value through its section's own checks
             sec = valid[key]
             try:
-                replace(sections[sec], **{key: v}).validate()
+                section = sections[sec]
+                (section.with_values(**{key: v}) if sec == "model" else replace(section, **{key: v})).validate()
             except ConfigError as e:
                 raise ConfigError(str(e).replace(f"{sec}.{key}:", f"grid.{key}:", 1)) from None
-        out.append((key, tuple(values)))
+        out.append((key, tuple(_frozen(v) for v in values)))
     return tuple(out)
 
 
@@ -417,7 +543,7 @@ def from_dict(raw: dict[str, Any]) -> SweepConfig:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise _err("description", "a string", description)
-    dataset = _choice("dataset", raw.get("dataset", "mnist1d"), DATASETS)
+    dataset = check_dataset(raw.get("dataset", "mnist1d"))
     sections = {sec: _section(sec, raw.get(sec, {})) for sec in SECTIONS}
     grid = _grid(raw.get("grid", {}), sections)
     seeds = _seeds(raw.get("seeds", 10))
@@ -476,4 +602,24 @@ def load(path: str | Path | None = None, *, overrides: list[str] = (), seeds: in
     raw = apply_overrides(raw, list(overrides))
     if seeds is not None:
         raw["seeds"] = seeds
+    if path is not None:  # user code and data files may be named relative to the config file
+        _relative_to(raw, Path(path).parent)
     return from_dict(raw)
+
+
+def _relative_to(raw: dict[str, Any], folder: Path) -> None:
+    """Rewrite paths of user code (``model.arch``, ``dataset``) that exist only beside the config file
+    relative to the working directory, so that every process finds them and no stored config names an
+    absolute path."""
+    from .factory import normalise
+
+    model = raw.get("model")
+    if isinstance(model, dict) and _is_spec(model.get("arch")):
+        model["arch"] = normalise(model["arch"], folder)
+    dataset = raw.get("dataset")
+    if _is_spec(dataset):
+        raw["dataset"] = normalise(dataset, folder)
+    elif isinstance(dataset, str) and dataset.startswith("file:"):
+        target = dataset[5:]
+        if not Path(target).is_absolute() and not Path(target).exists() and (folder / target).exists():
+            raw["dataset"] = "file:" + os.path.relpath(folder / target)

@@ -56,6 +56,8 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     meta: dict[str, Any] = field(default_factory=dict)
+    x_val: torch.Tensor | None = None  # a validation set given with the data (user files), or split off
+    y_val: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -376,6 +378,112 @@ def _cifar_dataset(name: str, root: Path) -> Dataset:
                     "files": [p.name for p in files.values()], "label_key": label_key})
 
 
+# ---------------------------------------------------------------------------------------------------
+# The user's own data: ``file:PATH.npz`` or a loader ``package.module:function`` returning the same arrays.
+
+USER_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+USER_OPTIONAL = ("x_val", "y_val")
+
+
+def _user_inputs(where: str, key: str, x: np.ndarray) -> np.ndarray:
+    """Inputs as bnstats holds them: channels first; 2-D arrays (sequences ``N×L``, tabular ``N×F``) get
+    one channel (``N×1×L``, as MNIST-1D); images ``N×H×W×C`` (last axis 1, 3 or 4, second not) become
+    ``N×C×H×W``. uint8 stays uint8 (standardised per channel on the device); floats must be finite."""
+    if x.dtype.kind not in "uif" or x.dtype == np.float16:
+        raise DatasetFileError(f"{where}: {key} must be uint8 or float32/float64, got dtype {x.dtype}")
+    if x.ndim not in (2, 3, 4):
+        raise DatasetFileError(f"{where}: {key} must be N×F, N×C×L, N×C×H×W or N×H×W×C, got shape {x.shape}")
+    if x.dtype.kind in "iu" and x.dtype != np.uint8:
+        raise DatasetFileError(f"{where}: {key} holds integers of dtype {x.dtype}; inputs are uint8 "
+                               "(images, scaled by 1/255) or floats")
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            raise DatasetFileError(f"{where}: {key} holds {int(bad.sum())} NaN/inf values (first at index "
+                                   f"{tuple(int(i) for i in first)})")
+        x = x.astype(np.float32)
+    if x.ndim == 2:
+        return x[:, None, :]
+    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x
+
+
+def _user_labels(where: str, key: str, y: np.ndarray, n: int) -> np.ndarray:
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DatasetFileError(f"{where}: {key} must be a 1-D array of integer labels, got {y.dtype} of shape {y.shape}")
+    if len(y) != n:
+        raise DatasetFileError(f"{where}: {key} has {len(y)} labels but x{key[1:]} has {n} rows")
+    if n and y.min() < 0:
+        raise DatasetFileError(f"{where}: {key} holds negative labels (min {int(y.min())}); labels are 0..K-1")
+    return y.astype(np.int64)
+
+
+def user_dataset(name: str, arrays: Any, where: str) -> Dataset:
+    """Validate the arrays of a user's dataset (a mapping with ``x_train``, ``y_train``, ``x_test``,
+    ``y_test``, optionally ``x_val``, ``y_val``) into a :class:`Dataset`; errors name ``where`` and the array."""
+    if not hasattr(arrays, "keys") or not hasattr(arrays, "__getitem__"):
+        raise DatasetFileError(f"{where}: expected a mapping of arrays ({', '.join(USER_ARRAYS)}), got "
+                               f"{type(arrays).__name__}")
+    keys = set(arrays.keys())
+    missing = [k for k in USER_ARRAYS if k not in keys]
+    if missing:
+        raise DatasetFileError(f"{where}: missing array(s) {', '.join(missing)}; it holds: "
+                               f"{', '.join(sorted(keys)) or 'nothing'}")
+    if ("x_val" in keys) != ("y_val" in keys):
+        raise DatasetFileError(f"{where}: x_val and y_val come together; only {'x_val' if 'x_val' in keys else 'y_val'} is there")
+    out: dict[str, np.ndarray] = {}
+    for split in ("train", "test", "val"):
+        if f"x_{split}" not in keys:
+            continue
+        x = np.asarray(arrays[f"x_{split}"])
+        out[f"x_{split}"] = _user_inputs(where, f"x_{split}", x)
+        out[f"y_{split}"] = _user_labels(where, f"y_{split}", np.asarray(arrays[f"y_{split}"]), len(x))
+        if len(x) == 0:
+            raise DatasetFileError(f"{where}: x_{split} is empty")
+    shapes = {k: v.shape[1:] for k, v in out.items() if k.startswith("x_")}
+    if len(set(shapes.values())) > 1:
+        raise DatasetFileError(f"{where}: inputs of different shapes per split: "
+                               + ", ".join(f"{k} {s}" for k, s in shapes.items()))
+    dtypes = {k: v.dtype for k, v in out.items() if k.startswith("x_")}
+    if len(set(dtypes.values())) > 1:
+        raise DatasetFileError(f"{where}: inputs of different dtypes per split: "
+                               + ", ".join(f"{k} {d}" for k, d in dtypes.items()))
+    num_classes = 1 + max(int(v.max()) for k, v in out.items() if k.startswith("y_"))
+    if num_classes < 2:
+        raise DatasetFileError(f"{where}: the labels hold a single class; a classifier needs at least 2")
+    t = {k: torch.from_numpy(v) for k, v in out.items()}
+    return Dataset(name, t["x_train"], t["y_train"], t["x_test"], t["y_test"], num_classes,
+                   {"source": where}, t.get("x_val"), t.get("y_val"))
+
+
+def _npz_dataset(name: str) -> Dataset:
+    path = Path(name[len("file:"):])
+    where = f"dataset {name}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: file not found ({str(path)!r}, relative to the working directory)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zlib.error, EOFError) as e:  # not a zip, truncated, object arrays ...
+        raise DatasetFileError(f"{where}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    return user_dataset(name, arrays, where)
+
+
+def _loader_dataset(spec: str) -> Dataset:
+    from . import factory
+
+    fn = factory.resolve(spec, field="dataset")
+    arrays = factory.call(fn, {}, field="dataset", spec=spec)
+    return user_dataset(spec, arrays, f"dataset {spec}")
+
+
+def is_user(name: str) -> bool:
+    """Whether ``dataset`` names the user's data (an npz file or a loader) rather than a built-in one."""
+    return name.startswith("file:") or name not in DATASETS
+
+
 _LOADERS = {
     "mnist1d": _mnist1d,
     "synthetic": _synthetic,
@@ -388,19 +496,28 @@ _LOADERS = {
 
 @lru_cache(maxsize=4)
 def _load_cached(name: str, root: str) -> Dataset:
+    if name.startswith("file:"):
+        return _npz_dataset(name)
+    if name not in DATASETS:
+        return _loader_dataset(name)
     return _LOADERS[name](Path(root))
 
 
 def load(name: str, root: str | Path = "data/cache") -> Dataset:
     """Load a dataset by name from ``root`` (built once per process and cached).
 
+    ``name``: a built-in dataset, ``file:PATH.npz`` (arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``,
+    optionally ``x_val``, ``y_val``) or a loader ``package.module:function`` returning such a mapping
+    (:func:`user_dataset` says what is accepted).
+
     Returns a :class:`Dataset`: train and test inputs (images uint8 ``[N, C, H, W]``, sequences float32
     ``[N, C, L]``), int64 labels, the number of classes and ``meta`` (source, files). Missing files
     raise ``FileNotFoundError`` naming the files and the folder; damaged ones :class:`DatasetFileError`.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"dataset: expected one of {', '.join(map(repr, DATASETS))}, got {name!r}")
-    if name not in _LOADERS:
+    from .config import check_dataset
+
+    check_dataset(name)
+    if not is_user(name) and name not in _LOADERS:
         raise ConfigError(f"dataset: {name!r} has no loader in this version of bnstats")
     return _load_cached(name, str(Path(root)))
 
@@ -409,14 +526,55 @@ def load(name: str, root: str | Path = "data/cache") -> Dataset:
 def fingerprint(ds: Dataset) -> str:
     """Hash of the tensors, stored with each run so a changed dataset cannot pass unnoticed."""
     h = hashlib.sha256()
-    for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
-        h.update(t.contiguous().numpy().tobytes())
+    for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.x_val, ds.y_val):
+        if t is not None:
+            h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+VAL_SEED = "validation-split"  # the split's generator: one fixed seed, the same for every arm and seed
+
+
+@lru_cache(maxsize=8)
+def split_validation(ds: Dataset, fraction: float) -> Dataset:
+    """``ds`` with ``fraction`` of its training examples held out as a validation set.
+
+    Stratified: ``round(fraction * n_k)`` examples of each class ``k``, drawn by one generator with a fixed
+    seed (:data:`VAL_SEED`), so every arm and seed of every sweep on this dataset sees the same split.
+    A class left without training or validation examples, or data that carry a validation set of their
+    own, raise :class:`ConfigError` naming ``data.val_split``.
+    """
+    if fraction == 0:
+        return ds
+    if ds.x_val is not None:
+        raise ConfigError(f"data.val_split: the dataset {ds.name!r} brings its own validation set (x_val, "
+                          f"y_val); set data.val_split = 0 to use it, got {fraction}")
+    from .config import derive_seed
+
+    g = torch.Generator().manual_seed(derive_seed(0, VAL_SEED))
+    y = ds.y_train
+    order = torch.randperm(len(y), generator=g)
+    val_parts, train_parts = [], []
+    for k in range(ds.num_classes):
+        members = order[y[order] == k]
+        n_val = round(fraction * len(members))
+        if len(members) and (n_val == 0 or n_val == len(members)):
+            raise ConfigError(f"data.val_split: {fraction} of class {k}'s {len(members)} training examples "
+                              f"leaves {'no validation' if n_val == 0 else 'no training'} example of it")
+        val_parts.append(members[:n_val])
+        train_parts.append(members[n_val:])
+    val = torch.cat(val_parts).sort().values
+    train = torch.cat(train_parts).sort().values
+    return Dataset(ds.name, ds.x_train[train], ds.y_train[train], ds.x_test, ds.y_test, ds.num_classes,
+                   {**ds.meta, "val_split": fraction}, ds.x_train[val], ds.y_train[val])
 
 
 @dataclass(frozen=True)
 class DeviceData:
-    """A dataset resident on the device, inputs standardised, ready for indexing by batch."""
+    """A dataset resident on the device, inputs standardised, ready for indexing by batch.
+
+    ``x_val``/``y_val`` are empty (zero rows) when the run has no validation set.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -425,20 +583,30 @@ class DeviceData:
     num_classes: int
     input_shape: tuple[int, ...]
     is_image: bool
+    x_val: torch.Tensor
+    y_val: torch.Tensor
 
 
 def to_device(ds: Dataset, device: str | torch.device) -> DeviceData:
-    x_train, x_test = ds.x_train, ds.x_test
-    if ds.is_image:
-        x_train = x_train.float().div_(255)
-        x_test = x_test.float().div_(255)
-        dims = (0, 2, 3)
-        mean = x_train.mean(dims, keepdim=True)
-        std = x_train.std(dims, keepdim=True)
-        x_train = x_train.sub_(mean).div_(std)  # in place: CIFAR-10's training set is 600 MB as float32
-        x_test = x_test.sub_(mean).div_(std)
-    return DeviceData(x_train.float().to(device), ds.y_train.to(device), x_test.float().to(device),
-                      ds.y_test.to(device), ds.num_classes, ds.input_shape, ds.is_image)
+    """Inputs as float32 on ``device``; uint8 inputs (images) scaled by 1/255 and standardised per channel
+    with the training set's mean and standard deviation (floats are used as given)."""
+    xs = [ds.x_train, ds.x_test, ds.x_val if ds.x_val is not None else ds.x_train[:0]]
+    if ds.x_train.dtype == torch.uint8:
+        xs = [x.float().div_(255) for x in xs]
+        dims = (0, *range(2, xs[0].dim()))
+        mean = xs[0].mean(dims, keepdim=True)
+        std = xs[0].std(dims, keepdim=True)
+        xs = [x.sub_(mean).div_(std) for x in xs]  # in place: CIFAR-10's training set is 600 MB as float32
+    y_val = ds.y_val if ds.y_val is not None else ds.y_train[:0]
+    x_train, x_test, x_val = (x.float().to(device) for x in xs)
+    return DeviceData(x_train, ds.y_train.to(device), x_test, ds.y_test.to(device), ds.num_classes,
+                      ds.input_shape, ds.is_image, x_val, y_val.to(device))
+
+
+def prepare(dataset: str, root: str, val_split: float, device: str | torch.device) -> tuple[Dataset, DeviceData]:
+    """The dataset of a run (validation split applied) and its device copy: what a training loop needs."""
+    ds = split_validation(load(dataset, root), val_split)
+    return ds, to_device(ds, device)
 
 
 def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -446,26 +614,37 @@ def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flip: bool = True
-            ) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, of an image batch ``[B, C, H, W]``.
+def draw_augment(gen: torch.Generator, batch: int, *, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers of one batch's augmentation, in the order they are drawn: crop offsets
+    ``[2, batch]``, then flips ``[batch]`` (drawn whatever ``flip`` says, so turning flips off leaves the
+    crops as they were)."""
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=gen)
+    flips = torch.rand(batch, generator=gen) < 0.5
+    return offsets, flips
 
-    The random numbers come from ``generator`` (CPU, the seed's augmentation stream) and are drawn
-    the same way whatever the model, so every arm of a seed sees identical augmented batches.
-    The crop is one gather on the batch's device.
-    """
-    if x.dim() != 4:
-        raise ValueError(f"augment: expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
-    b, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
-    flips = torch.rand(b, generator=generator) < 0.5
+
+def augment_drawn(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, *, padding: int,
+                  flip: bool) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, of an image batch ``[B, C, H, W]``,
+    with its random numbers given (:func:`draw_augment`, on ``x``'s device). The crop is one gather."""
+    b, c, h, w = x.shape
     dev = x.device
     if padding:
         xp = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        rows = (offsets[0].to(dev)[:, None] + torch.arange(h, device=dev)[None, :])  # [B, H]
-        cols = (offsets[1].to(dev)[:, None] + torch.arange(w, device=dev)[None, :])  # [B, W]
-        xp = xp.gather(2, rows[:, None, :, None].expand(b, xp.shape[1], h, xp.shape[3]))
-        x = xp.gather(3, cols[:, None, None, :].expand(b, xp.shape[1], h, w))
+        rows = offsets[0][:, None] + torch.arange(h, device=dev)[None, :]  # [B, H]
+        cols = offsets[1][:, None] + torch.arange(w, device=dev)[None, :]  # [B, W]
+        xp = xp.gather(2, rows[:, None, :, None].expand(b, c, h, xp.shape[3]))
+        x = xp.gather(3, cols[:, None, None, :].expand(b, c, h, w))
     if flip:
-        x = torch.where(flips.to(dev)[:, None, None, None], x.flip(-1), x)
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
     return x
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flip: bool = True
+            ) -> torch.Tensor:
+    """:func:`augment_drawn` with the numbers drawn from ``generator`` (CPU, the seed's augmentation
+    stream), the same way whatever the model: every arm of a seed sees identical augmented batches."""
+    if x.dim() != 4:
+        raise ValueError(f"augment: expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
+    offsets, flips = draw_augment(generator, x.shape[0], padding=padding)
+    return augment_drawn(x, offsets.to(x.device), flips.to(x.device), padding=padding, flip=flip)

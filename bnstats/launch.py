@@ -63,7 +63,7 @@ def local_executor(workers: int, *, device: str = "cpu", threads_per_worker: int
     method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     ctx = mp.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload(["bnstats.sweep", "bnstats.engine"])  # engine imports train
+        ctx.set_forkserver_preload(["bnstats.sweep", "bnstats.train"])
     n_gpus = torch.cuda.device_count() if device == "cuda" else 0
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                   initargs=(threads_per_worker, ctx.Value("i", 0), n_gpus, cpu_isa))

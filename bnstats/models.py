@@ -22,16 +22,18 @@ whatever other parameters an arm has.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import math
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from .config import ModelConfig, derive_seed
+from .config import ConfigError, ModelConfig, derive_seed
 
 Recorder = Callable[[int, str, torch.Tensor], None]
 
@@ -452,3 +454,103 @@ def record(model: nn.Module, recorder: Recorder) -> Iterator[None]:
     finally:
         for b in blocks:
             b.recorder = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models of a run: built-in or from the user's factory, initialised for the run's seed
+
+
+@dataclasses.dataclass
+class Built:
+    """A run's model, initialised, with its pairing certificate and the provenance of its code."""
+
+    model: nn.Module
+    init_hash: str
+    builtin: bool                 # bnstats' own Net (its forward never modifies a tensor in place)
+    source: dict[str, str]        # for a factory: sha256 of its source file and git commit ("" for built-ins)
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int) -> Iterator[None]:
+    """torch's global generator seeded within the block and restored after it (a factory's layers draw
+    their default initialisation from it; nothing outside sees the change)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def create(cfg: ModelConfig, seed: int, input_shape: tuple[int, ...], num_classes: int) -> Built:
+    """The model of one run, initialised for ``seed`` so that every arm of the seed starts from the same
+    weights wherever parameter names and shapes agree.
+
+    Built-in archs: :func:`build`, then :func:`init_parameters` (one generator per (seed, parameter name)).
+
+    A model factory (``model.arch = "module:function"``) keeps its own initialisation. It is called with
+    the keyword arguments it accepts among ``cfg.options``, ``in_shape``, ``num_classes`` and (unless
+    ``model.place = "auto"``) ``placement``, under torch's global generator seeded from the seed: first
+    for the reference arm (``placement = "before"``), then for this run's arm, whose parameters then take
+    the reference's values wherever name and shape agree. So the arms of a seed share every weight the
+    architecture lets them share, drawn by the user's own code. With ``model.place = "auto"`` the
+    factory's model is the reference and :func:`bnstats.nn.place` rewrites a copy for the arm (new op
+    biases from a generator of the seed). ``init_hash`` covers the shared tensors: the reference's
+    parameters that are neither inside a norm nor biases, as the arm holds them.
+    """
+    if not cfg.is_factory:
+        model = build(cfg, input_shape, num_classes)
+        init_parameters(model, seed)
+        return Built(model, init_hash(model), True, {"sha256": "", "git_commit": ""})
+    from . import factory
+
+    fn = factory.resolve(cfg.arch, field="model.arch")
+    offered: dict[str, Any] = {**dict(cfg.options), "in_shape": tuple(input_shape), "num_classes": num_classes}
+    place = cfg.place == "auto"
+    takes_placement = not place and factory.accepts(fn, "placement")
+
+    def make(placement: str | None) -> nn.Module:
+        kwargs = {**offered, "placement": placement} if takes_placement else offered
+        with _seeded_global_rng(derive_seed(seed, "init")):
+            m = factory.call(fn, kwargs, field="model.arch", spec=cfg.arch)
+        if not isinstance(m, nn.Module):
+            raise ConfigError(f"model.arch: {cfg.arch} returned a {type(m).__name__}, not a torch.nn.Module")
+        return m
+
+    reference = make("before")
+    if place:
+        from .nn import place as place_norms
+
+        g = torch.Generator().manual_seed(derive_seed(seed, "place"))
+        model = place_norms(reference, cfg.placement, generator=g)
+    elif takes_placement and cfg.placement != "before":
+        model = make(cfg.placement)
+        _share_by_name(reference, model)
+    else:
+        model = reference
+    return Built(model, _shared_hash(reference, model), False, factory.provenance(fn))
+
+
+@torch.no_grad()
+def _share_by_name(reference: nn.Module, model: nn.Module) -> None:
+    ref = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        r = ref.get(name)
+        if r is not None and r.shape == p.shape:
+            p.copy_(r)
+
+
+def _shared_hash(reference: nn.Module, model: nn.Module) -> str:
+    """Hash of the tensors every arm of a seed shares (see :func:`create`), as ``model`` holds them."""
+    norm_prefixes = {name + "." for name, m in reference.named_modules() if _is_norm(m)}
+    params = dict(model.named_parameters())
+    h = hashlib.sha256()
+    for name, r in reference.named_parameters():
+        if name.endswith("bias") or any(name.startswith(p) for p in norm_prefixes):
+            continue
+        t = params.get(name)
+        h.update(name.encode())
+        if t is None or t.shape != r.shape:
+            h.update(b"<absent>")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]

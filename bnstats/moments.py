@@ -66,12 +66,14 @@ arbitrary-order statistical moments. Sandia report SAND2008-6212.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -697,3 +699,269 @@ def summarize(acc: MomentAccumulator) -> dict[str, float | int | list]:
     axes flattened in C order), so ``pandas.DataFrame(summary)`` has one row per group.
     """
     return summarize_many([acc])[0]
+
+
+# ---------------------------------------------------------------------- recording sites of a model
+#
+# A model's *sites* are the inputs and outputs of its norm and activation modules: ``norm_in``,
+# ``norm_out``, ``act_in``, ``act_out``. A *layer* is a norm/activation pair (a ``models.Block``, a
+# ``bnstats.nn.NormAct``, or a norm and an activation that feed each other directly), or a norm or an
+# activation on its own; layers are numbered in forward order. Sites are read by forward hooks, so
+# any ``nn.Module`` can be recorded, and a module called twice in one pass (a shared ``nn.ReLU``) gives
+# one site per call.
+
+NORM_TYPES = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+ACT_TYPES = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.SELU, torch.nn.CELU,
+             torch.nn.GELU, torch.nn.SiLU, torch.nn.Mish, torch.nn.Hardswish, torch.nn.Hardtanh,
+             torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.Softplus, torch.nn.PReLU)
+SITE_NAMES = {"norm": ("norm_in", "norm_out"), "act": ("act_in", "act_out")}
+
+
+@dataclass(frozen=True)
+class SiteMap:
+    """Where a model's sites are: ``(module, call)`` → ``(layer, kind)``, ``kind`` "norm" or "act",
+    ``call`` counting the module's calls within one forward pass."""
+
+    modules: tuple[torch.nn.Module, ...]
+    layers: dict[tuple[int, int], tuple[int, str]]
+
+    @property
+    def n_layers(self) -> int:
+        return len({layer for layer, _ in self.layers.values()})
+
+
+def _kind(m: torch.nn.Module) -> str | None:
+    return "norm" if isinstance(m, NORM_TYPES) else "act" if isinstance(m, ACT_TYPES) else None
+
+
+def find_sites(model: torch.nn.Module, example: Callable[[], Any] | None = None) -> SiteMap:
+    """The :class:`SiteMap` of ``model``.
+
+    Pairs that the model declares (modules with ``norm``, ``act`` and an ``index`` in forward order:
+    ``models.Block``; with ``norm`` and ``act`` only: ``bnstats.nn.NormAct``) are layers as they are.
+    Every other norm or activation module is paired by the data it passes: a norm whose output object is
+    an activation's input (``before``), or an activation whose output object is a norm's input (``after``);
+    a residual added in place between them (``out += identity``) keeps the object, an out-of-place add
+    does not (``bnstats.nn.place`` makes such pairs explicit). ``example()`` runs one forward pass (in
+    eval mode, without gradients) to see the order and the data. In bnstats' own models every pair is a
+    block with its index, and only the blocks are sites (no pass is needed).
+    """
+    declared: dict[int, tuple[torch.nn.Module, int | None]] = {}  # id(member) -> (owner, owner's index)
+    owners: list[torch.nn.Module] = []
+    for m in model.modules():
+        if all(hasattr(m, a) for a in ("norm", "act", "placement")) and isinstance(getattr(m, "act"), torch.nn.Module):
+            owners.append(m)
+            for member in (m.norm, m.act):
+                if member is not None:
+                    declared[id(member)] = (m, getattr(m, "index", None))
+    indexed = bool(declared) and all(index is not None for _, index in declared.values())
+    if indexed:  # bnstats' models: the blocks, numbered in forward order (a shortcut's norm is no site)
+        layers = {}
+        modules = []
+        for owner in sorted(owners, key=lambda b: b.index):
+            for member, kind in ((owner.norm, "norm"), (owner.act, "act")):
+                if member is not None:
+                    layers[(id(member), 0)] = (owner.index, kind)
+                    modules.append(member)
+        return SiteMap(tuple(modules), layers)
+    if example is None:
+        raise ValueError("find_sites: this model's pairs are not numbered; pass example= to run one pass")
+    calls: list[tuple[torch.nn.Module, int, int, int]] = []  # module, call, id(input), id(output)
+    count: dict[int, int] = {}
+    handles = []
+
+    def hook(m, args, out):
+        k = count.get(id(m), 0)
+        count[id(m)] = k + 1
+        x = args[0] if args else None
+        calls.append((m, k, id(x), id(out)))
+
+    candidates = [m for m in model.modules() if _kind(m) is not None]
+    for m in candidates:
+        handles.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            example()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    unit_of: dict[tuple[int, int], tuple[Any, str]] = {}  # (id, call) -> (unit key, kind)
+    for i, (m, k, x_id, y_id) in enumerate(calls):
+        kind = _kind(m)
+        if id(m) in declared:
+            owner = declared[id(m)][0]
+            unit_of[(id(m), k)] = ((id(owner), k), kind)
+            continue
+        unit = (id(m), k, i)
+        for j in range(i - 1, -1, -1):  # the loose module of the other kind whose data this one continues
+            pm, pk, px, py = calls[j]
+            if _kind(pm) != kind and id(pm) not in declared and py == x_id and (id(pm), pk) in unit_of:
+                other = unit_of[(id(pm), pk)][0]
+                if sum(u == other for u, _ in unit_of.values()) == 1:  # not paired yet
+                    unit = other
+                break
+        unit_of[(id(m), k)] = (unit, kind)
+    order: dict[Any, int] = {}
+    for m, k, _, _ in calls:
+        order.setdefault(unit_of[(id(m), k)][0], len(order))
+    layers = {key: (order[unit], kind) for key, (unit, kind) in unit_of.items()}
+    modules = tuple(dict.fromkeys(m for m, _, _, _ in calls))
+    return SiteMap(modules, layers)
+
+
+# Recorded site tensors are reduced to moment sums once they hold this many bytes (and before rows
+# are made): small models batch several passes into a few large ops (each op costs ~5 us whatever its
+# size), large ones reduce every pass or two, from the last-level cache rather than from memory, and
+# no run holds more than this in activations.
+REDUCE_BYTES = 4 * 2**20
+
+# Within a pass, pending site tensors are reduced once they exceed this (a 64-seed stack's site tensor
+# is 1-8 GB: each is reduced when the next arrives); small models wait for the pass's end (above).
+PASS_BYTES = 64 * 2**20
+
+
+class SiteRecorder:
+    """Collects the site tensors of forward passes of ``model``; :meth:`rows` turns them into moment rows.
+
+    Use :meth:`recording` around a forward pass: hooks on the modules of ``sites`` (:func:`find_sites`)
+    hand each site tensor over as it is computed. Recorded tensors are reduced to per-channel moment
+    sums, all tensors of one shape in one grouped update, once they reach ``REDUCE_BYTES`` and at
+    :meth:`rows`, then dropped; only ``[tensors, C]`` float64 sums stay until :meth:`rows` summarises
+    everything with one host transfer. When one tensor is two sites (``before``: ``norm_out`` is
+    ``act_in``; ``after``: ``act_out`` is ``norm_in``) it is reduced once and reported for both.
+
+    ``seeds > 1``: the model is a stack (``engine.StackedNet``) whose sites are packed ``[N, S*C, ...]``
+    with seed-major channels; they are viewed as ``[S, N, C, ...]`` and reduced per seed
+    (:meth:`seed_rows`). ``copy=True`` copies each site tensor when it is handed over: a model whose
+    forward modifies tensors in place afterwards (``out += identity``, ``ReLU(inplace=True)``) would
+    otherwise change what was recorded. bnstats' own models do not, and are recorded without copies.
+    """
+
+    def __init__(self, model: torch.nn.Module, sites: SiteMap, *, seeds: int = 1, copy: bool = False) -> None:
+        self.model, self.sites, self.seeds, self.copy = model, sites, seeds, copy
+        self.channel_dim = 1 if seeds == 1 else 2  # of the site tensors as reduced: [N, C, ...] / [S, N, C, ...]
+        self.items: list[tuple[tuple, torch.Tensor]] = []  # ((keys, layer, site), tensor), not yet reduced
+        self.nbytes = 0  # of self.items
+        self.keys: dict[str, Any] = {}
+        self._rows: int | None = None
+        self._last: torch.Tensor | None = None  # the last tensor handed over (as given), for aliases
+        self._calls: dict[int, int] = {}
+        self._accs: list[MomentAccumulator] = []
+        self._labels: list[tuple[tuple, int, int]] = []  # (keys, layer, site), accumulator, index in it
+
+    @contextlib.contextmanager
+    def recording(self, *, rows: int | None = None, **keys: Any) -> Iterator[None]:
+        """Record the sites of the forward pass run inside the block, labelled with ``keys`` (epoch, step,
+        source). ``rows``: record only the first ``rows`` inputs (the probe inside an evaluation batch)."""
+        self.keys, self._rows, self._last, self._calls = keys, rows, None, {}
+        handles = []
+        for m in self.sites.modules:
+            handles.append(m.register_forward_pre_hook(self._pre_hook))
+            handles.append(m.register_forward_hook(self._hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+        if self.nbytes >= REDUCE_BYTES:
+            self.reduce()
+
+    def _site(self, m: torch.nn.Module, which: int, x: Any, call: int) -> None:
+        where = self.sites.layers.get((id(m), call))
+        if where is None or not isinstance(x, torch.Tensor):
+            return
+        layer, kind = where
+        self(layer, SITE_NAMES[kind][which], x)
+
+    def _pre_hook(self, m: torch.nn.Module, args: tuple) -> None:
+        call = self._calls.get(id(m), 0)
+        self._site(m, 0, args[0] if args else None, call)
+
+    def _hook(self, m: torch.nn.Module, args: tuple, out: Any) -> None:
+        call = self._calls.get(id(m), 0)
+        self._calls[id(m)] = call + 1
+        self._site(m, 1, out, call)
+
+    def __call__(self, layer: int, site: str, x: torch.Tensor) -> None:
+        keys = (self.keys, layer, site)  # made a row's dict in rows(): most recordings never need one
+        if self._last is not None and x is self._last:
+            self.items.append((keys, self.items[-1][1]))
+            return
+        if self.nbytes >= PASS_BYTES:  # no alias of the pending tensors can follow: reduce them now,
+            self.reduce()              # so a large model's pass never holds all its site tensors
+        t = x.detach() if self._rows is None else x.detach()[: self._rows]
+        if self.copy:
+            t = t.clone()
+        if self.seeds > 1:  # packed [N, S*C, ...], seed-major -> [S, N, C, ...] (a view)
+            n, sc = t.shape[:2]
+            t = t.view(n, self.seeds, sc // self.seeds, *t.shape[2:]).transpose(0, 1)
+        self.items.append((keys, t))
+        self._last = x
+        self.nbytes += t.numel() * t.element_size()
+
+    def reduce(self) -> None:
+        """Reduce the tensors recorded so far to moment sums and let them go."""
+        members: dict[tuple, list[torch.Tensor]] = {}  # (shape, dtype, device) -> its tensors
+        seen: dict[int, tuple[int, int]] = {}  # id(tensor) -> (group, index in it): aliases share it
+        for keys, t in self.items:
+            if id(t) not in seen:
+                g = (tuple(t.shape), t.dtype, t.device)
+                group = members.setdefault(g, [])
+                seen[id(t)] = (list(members).index(g), len(group))
+                group.append(t)
+            a, i = seen[id(t)]
+            self._labels.append((keys, len(self._accs) + a, i))
+        self._accs += [MomentAccumulator.from_tensors(ts, channel_dim=self.channel_dim) for ts in members.values()]
+        self.items, self._last, self.nbytes = [], None, 0
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes held: site tensors not yet reduced and the moment sums of those that were."""
+        return self.nbytes + sum(6 * 8 * math.prod(a.shape) for a in self._accs if a.shape is not None)
+
+    def rows(self, per_channel: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Summary rows and per-channel rows of everything recorded (a model of one seed); then forget it."""
+        return self.seed_rows(per_channel)[0]
+
+    def seed_rows(self, per_channel: bool) -> list[tuple[list[dict], list[dict]]]:
+        """For each seed, its summary rows and per-channel rows, in recording order; then forget
+        everything."""
+        seeds = self.seeds
+        self.reduce()
+        labels, accs = self._labels, self._accs
+        self._labels, self._accs = [], []
+        summaries = summarize_many(accs) if accs else []  # one host transfer
+        # per accumulator: its summary as one tuple per group (tensor i, seed j: group i * seeds + j)
+        columns = [(list(summ), list(zip(*summ.values(), strict=True))) for summ in summaries]
+        results = ([{k: v.cpu().numpy().reshape(-1, v.shape[-1]) for k, v in a.result().items()} for a in accs]
+                   if per_channel else None)  # per accumulator: [groups, C] arrays
+        out: list[tuple[list[dict], list[dict]]] = [([], []) for _ in range(seeds)]
+        for (keys, layer, site), a, i in labels:
+            keys = {**keys, "layer": layer, "site": site}
+            names, values = columns[a]
+            for seed, (rows, channel_rows) in enumerate(out):
+                g = i * seeds + seed
+                rows.append({**keys, **dict(zip(names, values[g], strict=True))})
+                if results is not None:
+                    res = results[a]
+                    channel_rows += [{**keys, "channel": c, **{k: float(v[g, c]) for k, v in res.items()}}
+                                     for c in range(res["mean"].shape[-1])]
+        return out
+
+
+@contextlib.contextmanager
+def record(model: torch.nn.Module, callback: Callable[[int, str, torch.Tensor], None],
+           sites: SiteMap | None = None, example: Callable[[], Any] | None = None) -> Iterator[None]:
+    """Within the block, every site of ``model`` is handed to ``callback(layer, site, tensor)`` as the
+    forward pass computes it (for inspection and tests; training records through :class:`SiteRecorder`)."""
+    sites = sites or find_sites(model, example)
+
+    class _Callback(SiteRecorder):
+        def __call__(self, layer: int, site: str, x: torch.Tensor) -> None:
+            callback(layer, site, x)
+
+    with _Callback(model, sites).recording():
+        yield

@@ -94,7 +94,7 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
     Returns one status dict per run: ``{"run_id", "status": "trained"|"skipped"|"failed", ...}``.
     A run that raises is recorded in the store as failed and the task goes on with the next run.
     """
-    from .engine import train_runs  # imported here: the launcher process need not import the model code
+    from .train import train_runs  # imported here: the launcher process need not import the model code
 
     engine = dict(task.engine)
     cpu.apply(engine.pop("cpu_isa", "avx2"))  # before this process's first torch op (bnstats/cpu.py)
@@ -169,7 +169,7 @@ def pack(runs: list[RunConfig], runs_per_task: int, store: Store, device: str, c
 
     if not stack:
         return [task(runs[i:i + runs_per_task], False) for i in range(0, len(runs), runs_per_task)]
-    from .engine import stacks_of
+    from .train import stacks_of
 
     return [task(chunk, True) for chunk in stacks_of(runs, max_stack)]
 

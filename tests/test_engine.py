@@ -1,15 +1,15 @@
-"""The stacked engine gives each seed what train.train gives it (up to float rounding)."""
+"""A stack of seeds gives each seed what its own run gives it (up to float rounding)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from bnstats import config, data, engine, models
-from bnstats.train import train
+from bnstats.train import group_by_arm, train, train_runs, train_stack
 from tests.conftest import tiny_toml
 
-STACK_ONLY = {"engine", "stack_size", "precision", "deterministic", "compiled"}
 NUMERIC = ("mean", "var", "skew", "exkurt", "frac_zero", "pooled_mean", "pooled_var", "pooled_skew",
            "pooled_exkurt", "pooled_frac_zero")
 
@@ -38,10 +38,16 @@ def _moment_tol(key: str) -> float:
 
 def _assert_same(stacked, singles, tol=METRIC_TOL):
     for a, b in zip(stacked, singles, strict=True):
-        assert set(a.run) - set(b.run) == STACK_ONLY and not set(b.run) - set(a.run)
+        assert set(a.run) == set(b.run)
+        assert (a.run["engine"], b.run["engine"], b.run["stack_size"]) == ("stack", "single", 1)
         for k in ("run_id", "seed", "init_hash", "order_hash", "data_hash", "diverged", "diverged_step",
-                  "epochs_completed", "steps", "n_params"):
+                  "epochs_completed", "steps", "n_params", "n_test"):
             assert a.run[k] == b.run[k], k
+        for o in (a, b):  # counts and per-example bits say what the accuracy says
+            if not o.run["diverged"]:
+                bits = np.unpackbits(np.frombuffer(o.run["test_correct_bits"], np.uint8), bitorder="little")
+                assert bits[o.run["n_test"]:].sum() == 0
+                assert bits.sum() == o.run["test_correct"] == round(o.run["test_acc"] * o.run["n_test"])
         for k in ("test_acc", "test_loss", "train_loss", "train_acc"):
             assert _close(a.run[k], b.run[k], tol), (k, a.run[k], b.run[k])
         assert len(a.curves) == len(b.curves)
@@ -65,9 +71,9 @@ def _assert_same(stacked, singles, tol=METRIC_TOL):
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_stack_equals_separate_runs_for_every_placement(data_root, tmp_path, arch):
     runs = _runs(data_root, tmp_path, seeds=2, epochs=2)
-    for group in engine.group_by_arm([r for r in runs if r.model.arch == arch]):
+    for group in group_by_arm([r for r in runs if r.model.arch == arch]):
         assert len(group) == 2
-        _assert_same(engine.train_stack(group), [train(r) for r in group])
+        _assert_same(train_stack(group), [train(r) for r in group])
 
 
 @pytest.mark.closeness
@@ -81,8 +87,8 @@ def test_stack_2d_images_with_augmentation_dropout_and_per_channel_moments(data_
     text = text.replace("batch_size = 256", "batch_size = 64")
     p.write_text(text)
     runs = [r for r in config.load(p).runs() if r.model.arch == "cnn" and r.model.placement != "none"]
-    for group in engine.group_by_arm(runs):
-        st, single = engine.train_stack(group), [train(r) for r in group]
+    for group in group_by_arm(runs):
+        st, single = train_stack(group), [train(r) for r in group]
         _assert_same(st, single)
         for a, b in zip(st, single, strict=True):
             assert len(a.moments_channel) == len(b.moments_channel) > 0
@@ -93,8 +99,8 @@ def test_stack_2d_images_with_augmentation_dropout_and_per_channel_moments(data_
 def test_augment_drawn_matches_data_augment():
     x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    offs, flips = engine.draw_augment(g2, 5, padding=2)
-    assert torch.equal(data.augment(x, g1, padding=2), engine.augment_drawn(x, offs, flips, padding=2, flip=True))
+    offs, flips = data.draw_augment(g2, 5, padding=2)
+    assert torch.equal(data.augment(x, g1, padding=2), data.augment_drawn(x, offs, flips, padding=2, flip=True))
 
 
 @pytest.mark.parametrize("norm", ["layer", "group"])
@@ -136,7 +142,7 @@ def test_a_diverging_seed_is_recorded_and_the_others_go_on(data_root, tmp_path, 
                     p.mul_(1e30)
 
     monkeypatch.setattr(models, "init_parameters", init)
-    st = engine.train_stack(runs)
+    st = train_stack(runs)
     single = [train(r) for r in runs]
     _assert_same(st, single)
     assert st[1].run["diverged"] and st[1].run["epochs_completed"] == 1 and math.isnan(st[1].run["test_acc"])
@@ -147,23 +153,23 @@ def test_a_diverging_seed_is_recorded_and_the_others_go_on(data_root, tmp_path, 
 def test_train_runs_groups_by_arm_keeps_order_and_marks_the_engine(data_root, tmp_path):
     all_runs = [r for r in _runs(data_root, tmp_path, seeds=2, epochs=1) if r.model.arch == "mlp"]
     runs = [r for r in all_runs if r.model.placement != "none"] + [all_runs[2]]  # 2 arms x 2 seeds, 1 alone
-    outs = engine.train_runs(runs, "cpu", deterministic=True)
+    outs = train_runs(runs, "cpu", deterministic=True)
     assert [o.run["run_id"] for o in outs] == [r.run_id for r in runs]
     assert [o.run["engine"] for o in outs] == ["stack"] * 4 + ["single"]
     assert [o.run["stack_size"] for o in outs] == [2] * 4 + [1]
-    singles = engine.train_runs(runs[:2], "cpu", stack=False)
+    singles = train_runs(runs[:2], "cpu", stack=False)
     assert [o.run["engine"] for o in singles] == ["single", "single"]
-    assert singles[0].run["test_loss"] == train(runs[0]).run["test_loss"]  # the single path is train.train
+    assert singles[0].run["test_loss"] == train(runs[0]).run["test_loss"]  # a stack of one is train.train
 
 
 def test_bad_input_is_refused_with_the_field_named(data_root, tmp_path):
     runs = _runs(data_root, tmp_path, seeds=2)
     with pytest.raises(ValueError, match="differ only in seed"):
-        engine.train_stack([runs[0], runs[1]])
+        train_stack([runs[0], runs[1]])
     with pytest.raises(ValueError, match="precision"):
-        engine.train_stack([runs[0], runs[6]], precision="fp8")
+        train_stack([runs[0], runs[6]], precision="fp8")
     with pytest.raises(ValueError, match="distinct"):
-        engine.train_stack([runs[0], runs[0]])
+        train_stack([runs[0], runs[0]])
     with pytest.raises(ValueError, match="conv_impl"):
         engine.stack_models([], conv_impl="fft")
 
@@ -216,6 +222,6 @@ def test_stacked_conv_implementations_agree():
 def test_bf16_is_refused_on_cpu_and_a_single_seed_keeps_the_requested_options(data_root, tmp_path):
     runs = _runs(data_root, tmp_path, epochs=1)[:1]
     with pytest.raises(ValueError, match="precision: 'bf16' is autocast on CUDA"):
-        engine.train_stack(runs, device="cpu", precision="bf16")
+        train_stack(runs, device="cpu", precision="bf16")
     with pytest.raises(ValueError, match="precision"):  # a group of one is not quietly trained in fp32
-        engine.train_runs(runs, "cpu", precision="bf16")
+        train_runs(runs, "cpu", precision="bf16")

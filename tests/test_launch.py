@@ -194,7 +194,7 @@ def test_init_worker_spreads_workers_over_gpus(monkeypatch):
     monkeypatch.setattr(launch.torch, "set_num_threads", lambda n: None)
     counter = mp.get_context("spawn").Value("i", 0)
     for _ in range(5):
-        launch._init_worker(1, counter, 2)
+        launch._init_worker(1, counter, 2, "avx2")
     assert picked == [0, 1, 0, 1, 0]
 
 
@@ -353,9 +353,9 @@ def test_status_json_and_text(tiny_config, tmp_path, capsys, monkeypatch):
 
     cfg = config.load(tiny_config)
     victim = cfg.runs()[2].run_id
-    real = train_mod.train
-    monkeypatch.setattr(train_mod, "train", lambda run, **kw: (_ for _ in ()).throw(RuntimeError("boom"))
-                        if run.run_id == victim else real(run, **kw))
+    real = train_mod.train_stack
+    monkeypatch.setattr(train_mod, "train_stack", lambda runs, **kw: (_ for _ in ()).throw(RuntimeError("boom"))
+                        if runs[0].run_id == victim else real(runs, **kw))
     out = tmp_path / "sw"
     run_sweep(config.load(tiny_config, seeds=1), out, executor=InlineExecutor(), progress=False,
               log=lambda m: None)

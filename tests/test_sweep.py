@@ -94,16 +94,16 @@ def test_output_directory_of_another_config_is_refused(tiny_config, tmp_path, ca
 def test_a_failing_run_is_recorded_others_complete_and_relaunch_retries(tiny_config, tmp_path, monkeypatch):
     import bnstats.train as train_mod
 
-    real = train_mod.train
+    real = train_mod.train_stack
     cfg = config.load(tiny_config)
     victim = cfg.runs()[3].run_id
 
-    def flaky(run, **kw):
-        if run.run_id == victim:
+    def flaky(runs, **kw):
+        if any(run.run_id == victim for run in runs):
             raise RuntimeError("simulated CUDA error")
-        return real(run, **kw)
+        return real(runs, **kw)
 
-    monkeypatch.setattr(train_mod, "train", flaky)
+    monkeypatch.setattr(train_mod, "train_stack", flaky)
     out = tmp_path / "sw"
     s = run_sweep(cfg, out, executor=InlineExecutor(), progress=False)
     assert s.trained == 11 and [rid for rid, _ in s.failed] == [victim]
@@ -111,7 +111,7 @@ def test_a_failing_run_is_recorded_others_complete_and_relaunch_retries(tiny_con
     assert "simulated CUDA error" in failures[victim]["error"]
     assert "Traceback" in failures[victim]["traceback"]
     assert _cli("status", out) == 0
-    monkeypatch.setattr(train_mod, "train", real)
+    monkeypatch.setattr(train_mod, "train_stack", real)
     s = run_sweep(cfg, out, executor=InlineExecutor(), progress=False)
     assert s.trained == 1 and not s.failed
     assert store.Store(out).failures() == {}
@@ -248,12 +248,12 @@ def test_stacked_sweep_resumes_with_the_seeds_left_and_respects_max_stack(tiny_c
 
 
 def test_a_stack_that_raises_records_each_of_its_runs_as_failed(tiny_config, tmp_path, monkeypatch):
-    from bnstats import engine
+    import bnstats.train as train_mod
 
     def boom(runs, **kw):
         raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr(engine, "train_stack", boom)
+    monkeypatch.setattr(train_mod, "train_stack", boom)
     on = config.load(tiny_config, seeds=2, overrides=["engine.stack=on", "grid.arch=[\"mlp\"]"])
     s = run_sweep(on, tmp_path / "sw", executor=InlineExecutor(), device="cpu", progress=False,
                   log=lambda m: None)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnstats import config, data, models
+from bnstats import config, data, models, moments
 from bnstats.train import lr_factor, train
 from tests.conftest import tiny_toml
 
@@ -127,22 +127,20 @@ def test_recorded_pass_is_reduced_released_and_matches_scipy(arch, placement):
 
     import scipy.stats
 
-    from bnstats.train import SiteRecorder
-
     model = models.build(config.ModelConfig(arch=arch, placement=placement), (1, 40), 10)
     models.init_parameters(model, 0)
     model.eval()
     x = torch.randn(64, 1, 40, generator=torch.Generator().manual_seed(0))
-    rec = SiteRecorder()
     copies, refs = {}, []
 
-    def spy(layer, site, t):  # what the recorder was handed, copied before the pass ends
-        copies[(layer, site)] = t.detach().double().clone()
-        refs.append(weakref.ref(t))
-        rec(layer, site, t)
+    class Spy(moments.SiteRecorder):
+        def __call__(self, layer, site, t):  # what the recorder was handed, copied before the pass ends
+            copies[(layer, site)] = t.detach().double().clone()
+            refs.append(weakref.ref(t))
+            super().__call__(layer, site, t)
 
-    with torch.no_grad(), models.record(model, spy):
-        rec.start(epoch=1, step=0, source="probe")
+    rec = Spy(model, moments.find_sites(model))
+    with torch.no_grad(), rec.recording(epoch=1, step=0, source="probe"):
         model(x)
     rec.reduce()
     gc.collect()
@@ -193,8 +191,8 @@ def test_moment_rows_do_not_depend_on_when_they_are_reduced_or_summarised(data_r
 
     run = _runs(data_root, tmp_path, epochs=2)[4]  # cnn
     late = train(run)  # defaults: tensors reduced in batches, rows made at the end of the run
-    monkeypatch.setattr(train_mod, "REDUCE_BYTES", 0)  # each pass reduced as it ends
-    monkeypatch.setattr(train_mod, "PASS_BYTES", 0)  # and each site tensor as the next one arrives
+    monkeypatch.setattr(moments, "REDUCE_BYTES", 0)  # each pass reduced as it ends
+    monkeypatch.setattr(moments, "PASS_BYTES", 0)  # and each site tensor as the next one arrives
     monkeypatch.setattr(train_mod, "MOMENT_STATE_BYTES", 0)  # rows made at every epoch end
     early = train(run)
     assert late.run["test_loss"] == early.run["test_loss"]
@@ -213,26 +211,26 @@ def test_moment_rows_do_not_depend_on_when_they_are_reduced_or_summarised(data_r
 @pytest.mark.parametrize("placement", ["before", "after"])
 def test_a_pass_over_the_reduce_threshold_holds_one_site_tensor_at_a_time(placement, monkeypatch):
     # a large model's recorded pass must not keep every site tensor alive until the pass ends
-    import bnstats.train as train_mod
-
-    monkeypatch.setattr(train_mod, "PASS_BYTES", 0)
+    monkeypatch.setattr(moments, "PASS_BYTES", 0)
     model = models.build(config.ModelConfig(arch="cnn", placement=placement), (1, 40), 10)
     models.init_parameters(model, 0)
     x = torch.randn(16, 1, 40, generator=torch.Generator().manual_seed(1))
-    rec, held = train_mod.SiteRecorder(), []
+    held = []
 
-    def spy(layer, site, t):
-        rec(layer, site, t)
-        held.append(len({id(v) for _, v in rec.items}))
+    class Spy(moments.SiteRecorder):
+        def __call__(self, layer, site, t):
+            super().__call__(layer, site, t)
+            held.append(len({id(v) for _, v in self.items}))
 
-    with torch.no_grad(), models.record(model, spy):
-        rec.start(epoch=0, step=0, source="probe")
+    sites = moments.find_sites(model)
+    rec = Spy(model, sites)
+    with torch.no_grad(), rec.recording(epoch=0, step=0, source="probe"):
         model(x)
     assert held and max(held) == 1
     rows, _ = rec.rows(per_channel=False)
     monkeypatch.undo()  # the reference: the default threshold, everything reduced at the end
-    ref = train_mod.SiteRecorder()
-    with torch.no_grad(), ref.recording(model, epoch=0, step=0, source="probe"):
+    ref = moments.SiteRecorder(model, sites)
+    with torch.no_grad(), ref.recording(epoch=0, step=0, source="probe"):
         model(x)
     expect, _ = ref.rows(per_channel=False)
     assert [(r["layer"], r["site"]) for r in rows] == [(r["layer"], r["site"]) for r in expect]
