@@ -749,7 +749,7 @@ def find_sites(model: torch.nn.Module, example: Callable[[], Any] | None = None)
     declared: dict[int, tuple[torch.nn.Module, int | None]] = {}  # id(member) -> (owner, owner's index)
     owners: list[torch.nn.Module] = []
     for m in model.modules():
-        if all(hasattr(m, a) for a in ("norm", "act", "placement")) and isinstance(getattr(m, "act"), torch.nn.Module):
+        if all(hasattr(m, a) for a in ("norm", "act", "placement")) and isinstance(m.act, torch.nn.Module):
             owners.append(m)
             for member in (m.norm, m.act):
                 if member is not None:
@@ -789,7 +789,7 @@ def find_sites(model: torch.nn.Module, example: Callable[[], Any] | None = None)
             h.remove()
         model.train(was_training)
     unit_of: dict[tuple[int, int], tuple[Any, str]] = {}  # (id, call) -> (unit key, kind)
-    for i, (m, k, x_id, y_id) in enumerate(calls):
+    for i, (m, k, x_id, _) in enumerate(calls):
         kind = _kind(m)
         if id(m) in declared:
             owner = declared[id(m)][0]
