@@ -476,22 +476,35 @@ def test_a_norm_on_the_shortcut_is_no_pair_and_operand_order_does_not_matter():
     assert (pair.norm, pair.op, pair.adds) == ("bn", "fc", ("add",))
 
 
-def test_placed_model_matches_built_in_architectures_by_name_and_value():
+@pytest.mark.parametrize("arch, shape, dropout", [
+    ("mlp", (1, 40), "head"), ("cnn", (1, 40), "block"), ("cnn", (3, 8, 8), "head"), ("vgg", (3, 8, 8), "block"),
+    ("resnet", (3, 8, 8), "block")])
+def test_placed_model_matches_built_in_architectures_by_name_and_value(arch, shape, dropout):
     """place(build(before), p) is build(p): same state_dict names and order, same outputs, once both
-    are initialised by name. The built-in models are the reference for the bias rule."""
-    for arch, shape in (("mlp", (1, 40)), ("cnn", (1, 40)), ("cnn", (3, 8, 8)), ("vgg", (3, 8, 8)),
-                        ("resnet", (3, 8, 8))):
-        base = models.build(ModelConfig(arch=arch, placement="before", width=8, depth=1), shape, 10)
-        x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(2))
-        for placement in PLACEMENTS:
-            ref = models.build(ModelConfig(arch=arch, placement=placement, width=8, depth=1), shape, 10)
-            placed = bnn.place(base, placement)
-            models.init_parameters(placed, 7)
-            models.init_parameters(ref, 7)
-            assert [(k, v.shape) for k, v in placed.state_dict().items()] == \
-                [(k, v.shape) for k, v in ref.state_dict().items()], (arch, placement)
-            for mode in (True, False):
-                assert torch.equal(placed.train(mode)(x), ref.train(mode)(x)), (arch, shape, placement, mode)
+    are initialised by name and share their dropout masks. The built-in models are the reference for
+    the bias rule (bnstats' seeded dropout stays a module: tracing does not fix its training branch)."""
+    def build(placement):
+        return models.build(ModelConfig(arch=arch, placement=placement, width=8, depth=1, dropout=0.2,
+                                        dropout_position=dropout), shape, 10)
+
+    base = build("before")
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(2))
+    for placement in PLACEMENTS:
+        ref, placed = build(placement), bnn.place(base, placement)
+        models.init_parameters(placed, 7)
+        models.init_parameters(ref, 7)
+        assert [(k, v.shape) for k, v in placed.state_dict().items()] == \
+            [(k, v.shape) for k, v in ref.state_dict().items()], placement
+        for mode in (True, False):
+            models.set_dropout_generator(placed, torch.Generator().manual_seed(3))
+            models.set_dropout_generator(ref, torch.Generator().manual_seed(3))
+            assert torch.equal(placed.train(mode)(x), ref.train(mode)(x)), (placement, mode)
+
+
+def test_biases_take_the_dtype_of_their_weights():
+    placed = bnn.place(PlainNet().double(), "after")
+    assert placed.fc1.bias.dtype == torch.float64
+    assert placed(torch.randn(3, *IMAGE, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_normact_models_placed_equal_normact_models_built_with_the_placement():
