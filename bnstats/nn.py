@@ -694,10 +694,16 @@ def _describe(gm: fx.GraphModule, found: list[_Found]) -> list[Pair]:
 def pairs(model: nn.Module) -> list[Pair]:
     """The norm→activation pairs of ``model``, in forward order.
 
-    A pair is a norm module (BatchNorm, InstanceNorm, LayerNorm, GroupNorm) whose output reaches an
-    activation (ReLU, ReLU6, LeakyReLU, ELU, SELU, GELU, SiLU, Tanh, Sigmoid, Hardswish, Mish as a
-    module, a function or a method, in-place or not) directly or through residual adds only. The
-    model is traced with torch.fx; it is not changed. A model already placed ``after`` has none.
+    A pair is a norm module (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm) whose output
+    reaches an activation (ReLU, ReLU6/Hardtanh, LeakyReLU, ELU, CELU, SELU, GELU, SiLU, Tanh, Sigmoid,
+    Hardswish, Mish as a module, a function or a method, in-place or not) directly or through residual
+    adds only (``a + b``, ``a += b``, ``torch.add(a, b)``, ``a.add(b)``, ``a.add_(b)``). At each add the
+    norm must be on the main path, not on the shortcut: the shortcut is the operand with fewer nodes
+    upstream (the block's input, or its projection), the first operand when both have as many. So a
+    projection shortcut's own norm (torchvision's ``downsample``) is no pair and stays where it is.
+    Anything else between the norm and the activation (pooling, dropout, a reshape) means no pair.
+
+    The model is traced with torch.fx; it is not changed. A model already placed ``after`` has no pair.
 
     Raises
     ------
