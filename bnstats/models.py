@@ -5,8 +5,12 @@
 ``none``:   op (with bias) → act
 
 A linear or conv op that a norm directly follows has no bias (the norm's shift replaces it).
-Each block exposes the sites ``norm_in``, ``norm_out``, ``act_in``, ``act_out`` to a recorder
-(see :func:`record`); an arm reports the sites it has.
+Each block has the sites ``norm_in``, ``norm_out``, ``act_in``, ``act_out`` (the inputs and outputs of
+its norm and activation modules, read by ``bnstats.moments.find_sites``); an arm reports the sites it
+has. A block's norm/activation pair is a
+:class:`bnstats.nn.NormAct` (``Block`` subclasses it), the building block users put in their own models;
+its norm and its activation are each one module called once per forward, so forward hooks on them see
+the same sites.
 
 Architectures (``model.arch``): ``mlp``, ``cnn`` (1-D on sequences, 2-D on images), ``vgg`` (3 stages
 of 3×3 conv blocks, max-pool between stages) and ``resnet`` (CIFAR ResNet with post- or
@@ -26,7 +30,6 @@ import dataclasses
 import hashlib
 import itertools
 import math
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,8 +37,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, ModelConfig, derive_seed
-
-Recorder = Callable[[int, str, torch.Tensor], None]
+from .nn import SITES, NormAct, make_activation, make_norm
 
 ARCH_DEFAULTS = {  # (width, depth) when the config says 0
     "mlp": (100, 2),     # the MNIST-1D paper's MLP: 2 hidden layers of 100
@@ -43,26 +45,6 @@ ARCH_DEFAULTS = {  # (width, depth) when the config says 0
     "vgg": (32, 2),      # 3 stages of 2 conv blocks, 32/64/128 channels
     "resnet": (16, 3),   # ResNet-20 (He et al. 2015, §4.2): 3 stages of 3 basic blocks, 16/32/64 channels
 }
-
-
-def make_activation(name: str) -> nn.Module:
-    return {
-        "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.01), "elu": nn.ELU, "gelu": nn.GELU,
-        "selu": nn.SELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "identity": nn.Identity,
-    }[name]()
-
-
-def make_norm(kind: str, channels: int, *, spatial_dims: int, affine: bool) -> nn.Module:
-    """``spatial_dims``: 0 for ``[N, C]`` features, 1 for ``[N, C, L]``, 2 for ``[N, C, H, W]``."""
-    if kind == "batch":
-        return (nn.BatchNorm1d if spatial_dims < 2 else nn.BatchNorm2d)(channels, affine=affine)
-    if kind == "layer":
-        return nn.LayerNorm(channels, elementwise_affine=affine) if spatial_dims == 0 else \
-            nn.GroupNorm(1, channels, affine=affine)
-    if kind == "group":
-        groups = math.gcd(channels, 32 if channels >= 32 else max(1, channels // 2))
-        return nn.GroupNorm(groups, channels, affine=affine)
-    raise ValueError(f"model.norm: expected 'batch', 'layer' or 'group', got {kind!r}")
 
 
 class SeededDropout(nn.Module):
@@ -82,13 +64,14 @@ class SeededDropout(nn.Module):
         return x * keep / (1 - self.p)
 
 
-class Block(nn.Module):
+class Block(NormAct):
     """One op with its norm and activation in the order given by ``placement``.
 
-    The norm/activation *pair* (:meth:`pair`) is ``norm → act`` (``before``), ``act → norm``
-    (``after``) or ``act`` (``none``), and reports the sites ``norm_in``, ``norm_out``, ``act_in``,
-    ``act_out`` around its ops. Every norm and activation of every model goes through a block, so
-    ``placement`` means the same thing everywhere.
+    The norm/activation *pair* is the :class:`bnstats.nn.NormAct` this block is (:meth:`pair`):
+    ``norm → act`` (``before``), ``act → norm`` (``after``) or ``act`` (``none``), reporting the sites
+    ``norm_in``, ``norm_out``, ``act_in``, ``act_out`` around its ops. Every norm and activation of
+    every model goes through a block, so ``placement`` means the same thing everywhere, in user models
+    built from ``NormAct`` too.
 
     ``op_first=True`` (default): op → [pool] → pair → [pool] → [dropout]. ``pool`` (optional) is
     applied right after the op when ``pool_first`` (i.e. before the norm), otherwise at the end.
@@ -102,42 +85,17 @@ class Block(nn.Module):
     def __init__(self, op: nn.Module | None, norm: nn.Module | None, act: nn.Module, placement: str,
                  index: int, *, pool: nn.Module | None = None, pool_first: bool = False,
                  dropout: float = 0.0, op_first: bool = True):
-        super().__init__()
+        # NormAct.__init__ builds its norm and activation from names; a block is handed them, so it
+        # sets up the module itself and the pair through NormAct._init_pair. Registration order (op,
+        # act, norm, pool, dropout) is the parameter order every stored run was trained with.
+        nn.Module.__init__(self)
         self.op = op if op is not None else nn.Identity()
-        self.act, self.placement, self.index = act, placement, index
-        self.norm = norm if placement != "none" else None
-        if placement != "none" and norm is None:
-            raise ValueError(f"Block: placement {placement!r} needs a norm")
+        self._init_pair(norm, act, placement)
+        self.index = index
         self.pool = pool
         self.pool_first = pool_first
         self.op_first = op_first
         self.dropout = SeededDropout(dropout) if dropout > 0 else None
-        self.recorder: Recorder | None = None
-
-    def _site(self, site: str, x: torch.Tensor) -> torch.Tensor:
-        if self.recorder is not None:
-            self.recorder(self.index, site, x)
-        return x
-
-    def pair(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Norm and activation in ``placement`` order; ``residual`` joins right before the activation."""
-        if self.placement == "before":
-            x = self.norm(self._site("norm_in", x))
-            x = self._site("norm_out", x)
-            if residual is not None:
-                x = x + residual
-            x = self._site("act_out", self.act(self._site("act_in", x)))
-        elif self.placement == "after":
-            if residual is not None:
-                x = x + residual
-            x = self._site("act_out", self.act(self._site("act_in", x)))
-            x = self._site("norm_in", x)
-            x = self._site("norm_out", self.norm(x))
-        else:
-            if residual is not None:
-                x = x + residual
-            x = self._site("act_out", self.act(self._site("act_in", x)))
-        return x
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if not self.op_first:
@@ -156,6 +114,9 @@ class Block(nn.Module):
         if self.dropout is not None:
             x = self.dropout(x)
         return x
+
+    def extra_repr(self) -> str:
+        return f"placement={self.placement!r}, index={self.index}"
 
 
 class Stem(nn.Module):
@@ -207,9 +168,7 @@ class ResBlock(nn.Module):
 
 def block_sites(placement: str) -> tuple[str, ...]:
     """Sites an arm has, in forward order."""
-    return {"before": ("norm_in", "norm_out", "act_in", "act_out"),
-            "after": ("act_in", "act_out", "norm_in", "norm_out"),
-            "none": ("act_in", "act_out")}[placement]
+    return SITES[placement]
 
 
 class Net(nn.Module):
@@ -434,26 +393,6 @@ def set_dropout_generator(model: nn.Module, generator: torch.Generator) -> None:
     for m in model.modules():
         if isinstance(m, SeededDropout):
             m.generator = generator
-
-
-_BLOCKS: weakref.WeakKeyDictionary[nn.Module, list[Block]] = weakref.WeakKeyDictionary()
-
-
-@contextlib.contextmanager
-def record(model: nn.Module, recorder: Recorder) -> Iterator[None]:
-    """Within the block, every block reports its sites to ``recorder(layer_index, site, tensor)``."""
-    # A loop records every 10th step: walking the module tree each time cost as much as the moments of
-    # a small MLP's pass. The blocks are found once per model.
-    blocks = _BLOCKS.get(model)
-    if blocks is None:
-        blocks = _BLOCKS[model] = [m for m in model.modules() if isinstance(m, Block)]
-    for b in blocks:
-        b.recorder = recorder
-    try:
-        yield
-    finally:
-        for b in blocks:
-            b.recorder = None
 
 
 # ---------------------------------------------------------------------------------------------------

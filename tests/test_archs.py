@@ -12,7 +12,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from bnstats import models
+from bnstats import models, moments
 from bnstats.config import ACTIVATIONS, NORMS, PLACEMENTS, ModelConfig
 
 SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
@@ -30,7 +30,7 @@ def _cfg(arch, order="post", **kw):
 def _sites(model, x):
     """{(layer, site): tensor} of one forward pass."""
     got = {}
-    with models.record(model, lambda layer, site, t: got.__setitem__((layer, site), t.detach().clone())):
+    with moments.record(model, lambda layer, site, t: got.__setitem__((layer, site), t.detach().clone())):
         model(x)
     return got
 
@@ -113,7 +113,7 @@ def test_every_arch_builds_trains_a_step_and_has_biases_only_where_no_norm_follo
 def test_sites_and_layer_indices_follow_forward_order(arch, order, placement):
     model = models.build(_cfg(arch, order, placement=placement, depth=2), SHAPES["cifar"], 10)
     seen = []
-    with models.record(model, lambda layer, site, x: seen.append((layer, site))):
+    with moments.record(model, lambda layer, site, x: seen.append((layer, site))):
         model(torch.randn(4, *SHAPES["cifar"], generator=torch.Generator().manual_seed(0)))
     blocks = model.blocks()
     assert [b.index for b in blocks] == list(range(len(blocks)))
@@ -211,7 +211,7 @@ def test_vgg_stages_double_the_width_and_pool_between_stages():
     assert [b.pool is not None for b in blocks] == [False, True, False, True, False, False]
     assert all(b.op.kernel_size == (3, 3) for b in blocks)
     sizes = []
-    with models.record(model, lambda layer, site, x: sizes.append(x.shape[-1]) if site == "act_out" else None):
+    with moments.record(model, lambda layer, site, x: sizes.append(x.shape[-1]) if site == "act_out" else None):
         model(torch.randn(2, 1, 28, 28))
     assert sizes == [28, 28, 14, 14, 7, 7]  # act_out precedes its own block's pool (pool after the norm)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnstats import models
+from bnstats import models, moments
 from bnstats.config import ACTIVATIONS, PLACEMENTS, ModelConfig
 
 SHAPES = {"seq": (1, 40), "img": (3, 16, 16)}
@@ -43,7 +43,7 @@ def test_every_model_builds_runs_and_has_no_bias_before_a_norm(arch, placement, 
 def test_sites_follow_placement_order(placement):
     model = models.build(ModelConfig(arch="mlp", placement=placement, width=8, depth=2), (1, 40), 10)
     seen = []
-    with models.record(model, lambda layer, site, x: seen.append((layer, site))):
+    with moments.record(model, lambda layer, site, x: seen.append((layer, site))):
         model(torch.zeros(3, 1, 40))
     expected = [(i, s) for i in range(2) for s in models.block_sites(placement)]
     assert seen == expected
@@ -53,7 +53,7 @@ def test_before_site_values_are_what_they_claim():
     model = models.build(ModelConfig(arch="mlp", placement="before", width=8, depth=1), (1, 40), 10)
     models.init_parameters(model, 0)
     got = {}
-    with models.record(model, lambda layer, site, x: got.__setitem__(site, x.detach().clone())):
+    with moments.record(model, lambda layer, site, x: got.__setitem__(site, x.detach().clone())):
         model(torch.randn(64, 1, 40, generator=torch.Generator().manual_seed(1)))
     block = model.blocks()[0]
     torch.testing.assert_close(got["norm_out"], got["act_in"])
