@@ -81,12 +81,12 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput: bnstats engine vs a per-seed DataLoader loop (args go to `python -m bnstats.bench`)."""
+    """Throughput: bnstats engine vs a per-seed DataLoader loop (args go to `python benchmarks/bench_cpu.py`)."""
     install(session)
-    session.run("python", "-m", "bnstats.bench", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("python", "benchmarks/bench_cpu.py", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "bnstats", "tests", "noxfile.py")
+    session.run("ruff", "check", "bnstats", "tests", "benchmarks", "noxfile.py")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from bnstats import bench
+from benchmarks import bench_cpu as bench
 from tests.conftest import REPO
 
 
@@ -120,7 +120,8 @@ def test_gpu_check_script_dry_run(data_root, tmp_path):
 
 
 def test_gpu_moments_plan_dry_run(tmp_path, capsys):
-    from bnstats import bench_gpu, moments
+    from benchmarks import bench_gpu
+    from bnstats import moments
 
     out = tmp_path / "m.json"
     assert bench_gpu.main(["--dry-run", "--plan", "moments", "--skip-checks", "--out", str(out)]) == 0
@@ -134,7 +135,8 @@ def test_gpu_moments_plan_dry_run(tmp_path, capsys):
 
 
 def test_gpu_bench_ratios_and_images_in_the_cifar_format(tmp_path):
-    from bnstats import bench_gpu, data
+    from benchmarks import bench_gpu
+    from bnstats import data
 
     cases = [{"case": "engine", "widths": [16, 32, 64], "precision": p, "moments_every": m, "compile": False,
               "images_per_s": v} for p, m, v in (("bf16", 10, 800.0), ("bf16", None, 1000.0), ("fp32", 10, 400.0))]
@@ -176,7 +178,7 @@ def test_concurrent_pairs_run_on_different_processors(data_root, tmp_path, monke
 def test_reshape_max_pool_equals_max_pool2d_values_and_gradients_with_ties():
     import torch
 
-    from bnstats.bench_gpu import MaxPool2x2
+    from benchmarks.bench_gpu import MaxPool2x2
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (4, 3, 9, 8), generator=g).float().requires_grad_()  # many ties, odd height

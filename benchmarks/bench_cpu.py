@@ -1,4 +1,4 @@
-"""Throughput of bnstats against what users run today: ``python -m bnstats.bench`` (``nox -s bench``).
+"""Throughput of bnstats against what users run today: ``python benchmarks/bench_cpu.py`` (``nox -s bench``).
 
 Cases (each timed in a fresh subprocess, so its peak RSS is its own; repetitions interleaved and
 medians taken, because the machines we share are noisy; every ratio comes from one invocation):
@@ -15,7 +15,7 @@ medians taken, because the machines we share are noisy; every ratio comes from o
   sweep with 1 and 2 local workers.
 
 The GPU cases (issue 6: 2-D CNNs on 32×32×3 images, many seeds per chip) are in
-:mod:`bnstats.bench_gpu` (``bash benchmarks/gpu_check.sh``).
+``benchmarks/bench_gpu.py`` (``bash benchmarks/gpu_check.sh``).
 
 ``--rounds N`` times each arch's cases alternately in one process instead, N rounds (the order rotated
 every round): adjacent runs see the same speed of a shared host's core, so a small ratio (moments
@@ -50,6 +50,14 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and not __package__:
+    # Run as a file (``python benchmarks/bench_cpu.py``): import bnstats and benchmarks from this checkout,
+    # as ``python -m benchmarks.bench_cpu`` from its root would (before any installed copy); the script's
+    # own folder leaves the path, so that no module is imported twice under two names.
+    if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
+        sys.path[0] = str(REPO)
+    else:
+        sys.path.insert(0, str(REPO))
 CASES = ("loader", "stack", "stack_mom_off", "stack_mom_1", "single", "single_mom_off", "single_mom_1")
 EXTRA_CASES = ("single_mom_0",)  # on request (--cases): moments at the epoch-end probes only
 
@@ -60,7 +68,7 @@ EXTRA_CASES = ("single_mom_0",)  # on request (--cases): moments at the epoch-en
 
 def arm_runs(arch: str, *, seeds: int, epochs: int, data_root: str, moments: str = "10") -> list:
     """The default sweep's cell (``arch``, placement ``before``, relu) for ``seeds`` seeds."""
-    from . import config
+    from bnstats import config
 
     cfg = config.load(overrides=[f"train.epochs={epochs}", f"data.root=\"{data_root}\""], seeds=seeds)
     mc = cfg.moments
@@ -77,7 +85,7 @@ def loader_run(run, device: str = "cpu", num_workers: int = 0) -> float:
     """One seed as a typical user trains it; returns the final test accuracy."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from . import data, models
+    from bnstats import data, models
 
     ds = data.load(run.dataset, run.data.root)
     tc = run.train
@@ -128,11 +136,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     if "cpu" in case:  # --concurrent: this case has one processor to itself
         os.sched_setaffinity(0, {case["cpu"]})
     torch.set_num_threads(case.get("threads", 1))
-    from . import data, sweep, train
+    from bnstats import data, sweep, train
 
     kind = case["case"]
     if kind.startswith("sweep_"):
-        from . import config
+        from bnstats import config
 
         cfg = config.load(overrides=[f"train.epochs={case['epochs']}", f"data.root=\"{case['data_root']}\""],
                           seeds=case["seeds"])
@@ -169,7 +177,7 @@ class _MomentClock:
     moves alike on both sides. The timed functions are restored on exit."""
 
     def __init__(self) -> None:
-        from . import moments, train
+        from bnstats import moments, train
 
         self.seconds = 0.0
         self._targets = ((moments.MomentAccumulator, "from_tensors"), (train, "summarize_many"))
@@ -197,7 +205,7 @@ class _MomentClock:
 
 
 def _time_case(kind: str, runs: list, clock: _MomentClock) -> dict[str, Any]:
-    from . import data, engine, train
+    from bnstats import data, engine, train
 
     ds = data.load(runs[0].dataset, runs[0].data.root)
     t0, c0, m0 = time.perf_counter(), _cpu_s(), clock.seconds
@@ -229,7 +237,7 @@ def _subprocess_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     procs = []
     for case in cases:
         env = {**os.environ, "OMP_NUM_THREADS": str(case.get("threads", 1)), "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "bnstats.bench", "--_case", json.dumps(case)],
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_case", json.dumps(case)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     out = []
     for case, proc in zip(cases, procs, strict=True):
@@ -361,7 +369,7 @@ def table(summary: dict[str, dict[str, Any]], rats: dict[str, float],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bnstats.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/bench_cpu.py", description=__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES + EXTRA_CASES))
     p.add_argument("--seeds", type=int, default=10, help="seeds per arm (the stack size)")
@@ -428,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     intervals = ratio_intervals(summary, a.archs)
     doc: dict[str, Any] = {"environment": env, "args": {k: v for k, v in vars(a).items() if k != "_case"},
                            "summary": summary, "ratios": rats, "ratio_intervals": intervals, "raw": results,
-                           "command": "python -m bnstats.bench " + " ".join(argv if argv is not None
-                                                                            else sys.argv[1:])}
+                           "command": "python benchmarks/bench_cpu.py " + " ".join(argv if argv is not None
+                                                                                 else sys.argv[1:])}
     out = Path(a.out) if a.out else REPO / "benchmarks" / (
         f"cpu{'-dryrun' if a.dry_run else ''}-"
         f"{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M}.json")
