@@ -35,6 +35,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -261,6 +262,36 @@ def _environment() -> dict[str, Any]:
             "device": dev, "hostname": platform.node(), "load_avg_start": os.getloadavg()}
 
 
+# An absolute POSIX path where one starts in free text: at the start, after white space, a quote, "=",
+# "(", "[", "," or ":" (`File "/x/y.py"`, `--out /tmp/r.json`, `No such file: '/x'`), so that "s/1000" or
+# "16/32/64" are left alone.
+_ABSOLUTE = re.compile(r"""(?:^|(?<=[\s"'=(\[,:]))/[\w.+@%~-]+(?:/[\w.+@%~-]*)*""")
+
+
+def portable(obj: Any, cwd: str | None = None) -> Any:
+    """``obj`` (JSON-like: dicts, lists, strings, numbers) with every absolute path in its strings
+    rewritten relative to the working directory ``cwd`` (default: this process's), e.g. ``--out
+    /tmp/b.json`` run in ``/work/repo`` becomes ``--out ../../tmp/b.json`` and a traceback's
+    ``/work/repo/bnstats/engine.py`` becomes ``bnstats/engine.py``: a benchmark record names no
+    folder of the machine it ran on (checkouts, temporary folders, home folders differ between
+    machines and say nothing about the numbers)."""
+    cwd = cwd or os.getcwd()
+    if isinstance(obj, str):
+        return _ABSOLUTE.sub(lambda m: os.path.relpath(m.group(0), cwd), obj)
+    if isinstance(obj, dict):
+        return {portable(k, cwd): portable(v, cwd) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [portable(v, cwd) for v in obj]
+    return obj
+
+
+def write_record(path: Path, doc: dict[str, Any]) -> None:
+    """``doc`` as indented JSON at ``path``, values JSON cannot hold as their ``str()``, paths made
+    relative to the working directory (:func:`portable`)."""
+    plain = json.loads(json.dumps(doc, default=str))
+    path.write_text(json.dumps(portable(plain), indent=1))
+
+
 def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     by: dict[str, list[dict[str, Any]]] = {}
     for r in results:
@@ -442,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         f"cpu{'-dryrun' if a.dry_run else ''}-"
         f"{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, default=str))
+    write_record(out, doc)
     print(table(summary, rats, intervals))
     print(f"\nwritten: {out}")
     return 0

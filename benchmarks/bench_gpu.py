@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import json
 import os
 import pickle
 import sys
@@ -592,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--plan", default="full", choices=["full", "conv", "moments"], help="which cases (see plan())")
     a = p.parse_args(argv)
+    from benchmarks.bench_cpu import write_record  # its paths relative to the working directory
+
     t_start = time.perf_counter()
     device = "cpu" if a.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -606,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         doc["ratios"] = ratios(doc["cases"])
         doc["elapsed_s"] = time.perf_counter() - t_start
-        out.write_text(json.dumps(doc, indent=1, default=str))
+        write_record(out, doc)
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)

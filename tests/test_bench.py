@@ -200,3 +200,14 @@ def test_moment_clock_times_the_moment_functions_and_restores_them():
         train.summarize_many([acc])
     assert clock.seconds > 0
     assert (moments.MomentAccumulator.__dict__["from_tensors"], train.summarize_many) == before
+
+
+def test_records_name_no_absolute_path():
+    # what a record holds: a traceback, the command line with absolute --out/--data-root, ratios' names
+    doc = {"error": 'Traceback:\n  File "/work/repo/bnstats/engine.py", line 3, in f\nOSError: \'/tmp/x/y\'',
+           "command": "python benchmarks/bench_cpu.py --out /tmp/pf/r.json --data-root=/work/repo/data/cache",
+           "name": "16/32/64: s/1000 run-epochs, images/s", "raw": [{"/work/repo/a b": [1.5, None, "/"]}]}
+    assert bench.portable(doc, cwd="/work/repo") == {
+        "error": 'Traceback:\n  File "bnstats/engine.py", line 3, in f\nOSError: \'../../tmp/x/y\'',
+        "command": "python benchmarks/bench_cpu.py --out ../../tmp/pf/r.json --data-root=data/cache",
+        "name": "16/32/64: s/1000 run-epochs, images/s", "raw": [{"a b": [1.5, None, "/"]}]}
