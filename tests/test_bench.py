@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,3 +213,88 @@ def test_records_name_no_absolute_path():
         "error": 'Traceback:\n  File "bnstats/engine.py", line 3, in f\nOSError: \'../../tmp/x/y\'',
         "command": "python benchmarks/bench_cpu.py --out ../../tmp/pf/r.json --data-root=data/cache",
         "name": "16/32/64: s/1000 run-epochs, images/s", "raw": [{"a b": [1.5, None, "/"]}]}
+
+
+def _absolute_paths(text: str) -> list[str]:
+    return re.findall(r"""(?:^|[\s"'=(\[,:])(/[\w.-]+/[\w./-]*)""", text)
+
+
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+needs_git = pytest.mark.skipif(not (REPO / ".git").exists(), reason="--ref needs a git checkout")
+
+
+@needs_git
+def test_ref_cases_run_beside_their_twins_with_the_ref_code(tmp_path, monkeypatch, capsys):
+    # Six repetitions, no process started: each case answers with a made-up time, the ref side slower by
+    # 1.10, 1.11, ..., 1.15 in repetitions 0..5. The ratio current / ref is their median, 1.125; its 95%
+    # interval takes the order statistics x_(r), x_(n+1-r) with r = qbinom(0.025, 6, 0.5) = 1 in R
+    # (P(Bin(6, 1/2) = 0) = 1/64 per side, coverage 0.969): [1.10, 1.15].
+    head = _head()
+    calls = []
+
+    def fake(cases):
+        (case,) = cases
+        rep = len(calls) // 2  # two cases per repetition: the current one and its ref twin
+        root = Path(case["code"])
+        calls.append((case["case"], root, rep))
+        assert (root / "bnstats" / "train.py").is_file()  # the checkout exists while the cases run
+        wall = (1.0 + rep) * ((1.10 + 0.01 * rep) if root != REPO else 1.0)
+        return [{"wall_s": wall, "cpu_s": wall / 2, "images": 4000, "run_epochs": 1, "maxrss_mb": 1.0}]
+
+    monkeypatch.setattr(bench, "_subprocess_cases", fake)
+    out = tmp_path / "ref.json"
+    assert bench.main(["--archs", "mlp", "--cases", "single", "--no-sweep", "--reps", "6", "--ref", "HEAD",
+                       "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    roots = [root for _, root, _ in calls]
+    ref_root = next(r for r in roots if r != REPO)
+    assert roots == [REPO, ref_root, ref_root, REPO] * 3  # twins side by side, the order rotated every repetition
+    assert not ref_root.exists() and str(ref_root) not in subprocess.run(
+        ["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout  # removed afterwards
+    text = out.read_text()
+    doc = json.loads(text)
+    assert doc["ref"] == {"rev": "HEAD", "commit": head} and doc["code"]["commit"] == head
+    assert [(r["label"], r["rep"]) for r in doc["raw"]][:4] == [
+        ("mlp/single", 0), ("ref:mlp/single", 0), ("ref:mlp/single", 1), ("mlp/single", 1)]
+    assert doc["ratios"]["current / ref: mlp/single"] == pytest.approx(1.125)
+    assert doc["ratios"]["current / ref: mlp/single (CPU time)"] == pytest.approx(1.125)
+    ci = doc["ratio_intervals"]["current / ref: mlp/single"]
+    assert (ci["low"], ci["high"], ci["n"]) == (pytest.approx(1.10), pytest.approx(1.15), 6)
+    assert _absolute_paths(text) == [] and f" {tmp_path}" not in text and f"\"{tmp_path}" not in text
+    with pytest.raises(SystemExit):
+        bench.main(["--archs", "mlp", "--cases", "single", "--no-sweep", "--ref", "no-such-rev^^", "--out", str(out)])
+    assert "--ref: 'no-such-rev^^' names no commit" in capsys.readouterr().err
+
+
+@needs_git
+def test_ref_equal_to_head_runs_both_codes_in_alternating_processes(data_root, tmp_path):
+    # the real thing at the smallest size: one server process per code, each importing its own bnstats
+    out = tmp_path / "ref.json"
+    assert bench.main(["--archs", "mlp", "--cases", "single", "--seeds", "1", "--epochs", "1", "--no-sweep",
+                       "--rounds", "1", "--ref", "HEAD", "--data-root", str(data_root), "--out", str(out)]) == 0
+    text = out.read_text()
+    doc = json.loads(text)
+    assert [(r["label"], r["rep"]) for r in doc["raw"]] == [("mlp/single", 0), ("ref:mlp/single", 0)]
+    assert all(r["moments_s"] > 0 for r in doc["raw"])  # the moment clock found its functions in both codes
+    assert doc["ref"]["commit"] == _head()
+    assert set(doc["ratios"]) == {"current / ref: mlp/single", "current / ref: mlp/single (CPU time)"}
+    assert _absolute_paths(text) == []
+
+
+def test_a_case_process_measures_the_code_it_was_given(tmp_path, monkeypatch):
+    # use_code puts the checkout first on the path and fails when bnstats comes from anywhere else
+    fake = tmp_path / "checkout"
+    (fake / "bnstats").mkdir(parents=True)
+    (fake / "bnstats" / "__init__.py").write_text("")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "bnstats")
+    bench.use_code(str(fake))
+    assert sys.modules["bnstats"].__file__ == str(fake / "bnstats" / "__init__.py")
+    with pytest.raises(RuntimeError, match="imported before its code was chosen"):
+        bench.use_code(str(REPO))
+    del sys.modules["bnstats"]
+    with pytest.raises(RuntimeError, match="not from the code to measure"):
+        bench.use_code(str(tmp_path / "empty"))  # no bnstats there: the import finds the fake one
