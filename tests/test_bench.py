@@ -298,3 +298,18 @@ def test_a_case_process_measures_the_code_it_was_given(tmp_path, monkeypatch):
     del sys.modules["bnstats"]
     with pytest.raises(RuntimeError, match="not from the code to measure"):
         bench.use_code(str(tmp_path / "empty"))  # no bnstats there: the import finds the fake one
+
+
+def test_moment_clock_finds_summarize_many_where_the_training_code_bound_it(monkeypatch):
+    # a training loop that lives in another module (as in a --ref revision) is timed there too
+    import types
+
+    from bnstats import moments
+
+    loop = types.ModuleType("bnstats.other_loop")
+    loop.summarize_many = moments.summarize_many
+    monkeypatch.setitem(sys.modules, "bnstats.other_loop", loop)
+    acc = moments.MomentAccumulator.from_tensors([torch.randn(64, 3, generator=torch.Generator().manual_seed(0))])
+    with bench._MomentClock() as clock:
+        loop.summarize_many([acc])
+    assert clock.seconds > 0 and loop.summarize_many is moments.summarize_many
