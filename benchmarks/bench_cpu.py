@@ -275,7 +275,19 @@ def _time_case(kind: str, runs: list, clock: _MomentClock) -> dict[str, Any]:
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     return {"wall_s": wall, "cpu_s": cpu, "moments_s": clock.seconds - m0, "run_epochs": len(runs) * runs[0].train.epochs,
             "images": len(runs) * runs[0].train.epochs * len(ds.x_train), "maxrss_mb": _maxrss_mb(),
-            "mean_test_acc": sum(accs) / len(accs)}
+            "mean_test_acc": sum(accs) / len(accs), **_cpu_numerics()}
+
+
+def _cpu_numerics() -> dict[str, Any]:
+    """The kernels this process's CPU arithmetic ran with (``bnstats.cpu.state``: instruction set of
+    ATen, oneDNN and MKL, threads), which set its speed too: bnstats pins them to AVX2 by default, so a
+    ``--ref`` revision from before the pin (no ``bnstats.cpu``, recorded as nothing) ran the host's
+    best kernels."""
+    try:
+        from bnstats import cpu
+    except ImportError:
+        return {}
+    return {"cpu_numerics": cpu.state()}
 
 
 def _cpu_s() -> float:

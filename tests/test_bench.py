@@ -279,6 +279,8 @@ def test_ref_equal_to_head_runs_both_codes_in_alternating_processes(data_root, t
     doc = json.loads(text)
     assert [(r["label"], r["rep"]) for r in doc["raw"]] == [("mlp/single", 0), ("ref:mlp/single", 0)]
     assert all(r["moments_s"] > 0 for r in doc["raw"])  # the moment clock found its functions in both codes
+    # each process records the kernels it ran with: bnstats' choice (avx2 unless BNSTATS_CPU_ISA says otherwise)
+    assert all(r["cpu_numerics"]["cpu_isa"] == os.environ["BNSTATS_CPU_ISA"] for r in doc["raw"])
     assert doc["ref"]["commit"] == _head()
     assert set(doc["ratios"]) == {"current / ref: mlp/single", "current / ref: mlp/single (CPU time)"}
     assert _absolute_paths(text) == []
