@@ -81,12 +81,16 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput: bnstats engine vs a per-seed DataLoader loop (args go to `python -m bnstats.bench`)."""
+    """Throughput: bnstats engine vs a per-seed DataLoader loop (args go to `python benchmarks/bench_cpu.py`).
+
+    Two versions of the code in one invocation: ``nox -s bench -- --ref main --cases single --no-sweep
+    --rounds 20`` also runs the cases with main's bnstats and reports current / ref with 95% intervals.
+    """
     install(session)
-    session.run("python", "-m", "bnstats.bench", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("python", "benchmarks/bench_cpu.py", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "bnstats", "tests", "noxfile.py")
+    session.run("ruff", "check", "bnstats", "tests", "benchmarks", "noxfile.py")

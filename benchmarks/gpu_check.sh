@@ -16,11 +16,11 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 STAMP=$(date -u +%Y%m%d-%H%M)
 if [ "${1:-}" = "--dry-run" ]; then
-  $PY -m bnstats.bench_gpu --dry-run --out "${TMPDIR:-/tmp}/gpu-dryrun-$STAMP.json"
+  $PY benchmarks/bench_gpu.py --dry-run --out "${TMPDIR:-/tmp}/gpu-dryrun-$STAMP.json"
   exit
 fi
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 JSON=${OUT:+$OUT/gpu.json}
 JSON=${JSON:-benchmarks/gpu-$STAMP.json}
-timeout $(( ${BUDGET_S:-400} + 100 )) $PY -m bnstats.bench_gpu --budget-s "${BUDGET_S:-400}" --out "$JSON" "$@"
+timeout $(( ${BUDGET_S:-400} + 100 )) $PY benchmarks/bench_gpu.py --budget-s "${BUDGET_S:-400}" --out "$JSON" "$@"

@@ -2,14 +2,16 @@
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from bnstats import bench
+from benchmarks import bench_cpu as bench
 from tests.conftest import REPO
 
 
@@ -120,7 +122,8 @@ def test_gpu_check_script_dry_run(data_root, tmp_path):
 
 
 def test_gpu_moments_plan_dry_run(tmp_path, capsys):
-    from bnstats import bench_gpu, moments
+    from benchmarks import bench_gpu
+    from bnstats import moments
 
     out = tmp_path / "m.json"
     assert bench_gpu.main(["--dry-run", "--plan", "moments", "--skip-checks", "--out", str(out)]) == 0
@@ -134,7 +137,8 @@ def test_gpu_moments_plan_dry_run(tmp_path, capsys):
 
 
 def test_gpu_bench_ratios_and_images_in_the_cifar_format(tmp_path):
-    from bnstats import bench_gpu, data
+    from benchmarks import bench_gpu
+    from bnstats import data
 
     cases = [{"case": "engine", "widths": [16, 32, 64], "precision": p, "moments_every": m, "compile": False,
               "images_per_s": v} for p, m, v in (("bf16", 10, 800.0), ("bf16", None, 1000.0), ("fp32", 10, 400.0))]
@@ -176,7 +180,7 @@ def test_concurrent_pairs_run_on_different_processors(data_root, tmp_path, monke
 def test_reshape_max_pool_equals_max_pool2d_values_and_gradients_with_ties():
     import torch
 
-    from bnstats.bench_gpu import MaxPool2x2
+    from benchmarks.bench_gpu import MaxPool2x2
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (4, 3, 9, 8), generator=g).float().requires_grad_()  # many ties, odd height
@@ -198,3 +202,116 @@ def test_moment_clock_times_the_moment_functions_and_restores_them():
         train.summarize_many([acc])
     assert clock.seconds > 0
     assert (moments.MomentAccumulator.__dict__["from_tensors"], train.summarize_many) == before
+
+
+def test_records_name_no_absolute_path():
+    # what a record holds: a traceback, the command line with absolute --out/--data-root, ratios' names
+    doc = {"error": 'Traceback:\n  File "/work/repo/bnstats/engine.py", line 3, in f\nOSError: \'/tmp/x/y\'',
+           "command": "python benchmarks/bench_cpu.py --out /tmp/pf/r.json --data-root=/work/repo/data/cache",
+           "name": "16/32/64: s/1000 run-epochs, images/s", "raw": [{"/work/repo/a b": [1.5, None, "/"]}]}
+    assert bench.portable(doc, cwd="/work/repo") == {
+        "error": 'Traceback:\n  File "bnstats/engine.py", line 3, in f\nOSError: \'../../tmp/x/y\'',
+        "command": "python benchmarks/bench_cpu.py --out ../../tmp/pf/r.json --data-root=data/cache",
+        "name": "16/32/64: s/1000 run-epochs, images/s", "raw": [{"a b": [1.5, None, "/"]}]}
+
+
+def _absolute_paths(text: str) -> list[str]:
+    return re.findall(r"""(?:^|[\s"'=(\[,:])(/[\w.-]+/[\w./-]*)""", text)
+
+
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+needs_git = pytest.mark.skipif(not (REPO / ".git").exists(), reason="--ref needs a git checkout")
+
+
+@needs_git
+def test_ref_cases_run_beside_their_twins_with_the_ref_code(tmp_path, monkeypatch, capsys):
+    # Six repetitions, no process started: each case answers with a made-up time, the ref side slower by
+    # 1.10, 1.11, ..., 1.15 in repetitions 0..5. The ratio current / ref is their median, 1.125; its 95%
+    # interval takes the order statistics x_(r), x_(n+1-r) with r = qbinom(0.025, 6, 0.5) = 1 in R
+    # (P(Bin(6, 1/2) = 0) = 1/64 per side, coverage 0.969): [1.10, 1.15].
+    head = _head()
+    calls = []
+
+    def fake(cases):
+        (case,) = cases
+        rep = len(calls) // 2  # two cases per repetition: the current one and its ref twin
+        root = Path(case["code"])
+        calls.append((case["case"], root, rep))
+        assert (root / "bnstats" / "train.py").is_file()  # the checkout exists while the cases run
+        wall = (1.0 + rep) * ((1.10 + 0.01 * rep) if root != REPO else 1.0)
+        return [{"wall_s": wall, "cpu_s": wall / 2, "images": 4000, "run_epochs": 1, "maxrss_mb": 1.0}]
+
+    monkeypatch.setattr(bench, "_subprocess_cases", fake)
+    out = tmp_path / "ref.json"
+    assert bench.main(["--archs", "mlp", "--cases", "single", "--no-sweep", "--reps", "6", "--ref", "HEAD",
+                       "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    roots = [root for _, root, _ in calls]
+    ref_root = next(r for r in roots if r != REPO)
+    assert roots == [REPO, ref_root, ref_root, REPO] * 3  # twins side by side, the order rotated every repetition
+    assert not ref_root.exists() and str(ref_root) not in subprocess.run(
+        ["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout  # removed afterwards
+    text = out.read_text()
+    doc = json.loads(text)
+    assert doc["ref"] == {"rev": "HEAD", "commit": head} and doc["code"]["commit"] == head
+    assert [(r["label"], r["rep"]) for r in doc["raw"]][:4] == [
+        ("mlp/single", 0), ("ref:mlp/single", 0), ("ref:mlp/single", 1), ("mlp/single", 1)]
+    assert doc["ratios"]["current / ref: mlp/single"] == pytest.approx(1.125)
+    assert doc["ratios"]["current / ref: mlp/single (CPU time)"] == pytest.approx(1.125)
+    ci = doc["ratio_intervals"]["current / ref: mlp/single"]
+    assert (ci["low"], ci["high"], ci["n"]) == (pytest.approx(1.10), pytest.approx(1.15), 6)
+    assert _absolute_paths(text) == [] and f" {tmp_path}" not in text and f"\"{tmp_path}" not in text
+    with pytest.raises(SystemExit):
+        bench.main(["--archs", "mlp", "--cases", "single", "--no-sweep", "--ref", "no-such-rev^^", "--out", str(out)])
+    assert "--ref: 'no-such-rev^^' names no commit" in capsys.readouterr().err
+
+
+@needs_git
+def test_ref_equal_to_head_runs_both_codes_in_alternating_processes(data_root, tmp_path):
+    # the real thing at the smallest size: one server process per code, each importing its own bnstats
+    out = tmp_path / "ref.json"
+    assert bench.main(["--archs", "mlp", "--cases", "single", "--seeds", "1", "--epochs", "1", "--no-sweep",
+                       "--rounds", "1", "--ref", "HEAD", "--data-root", str(data_root), "--out", str(out)]) == 0
+    text = out.read_text()
+    doc = json.loads(text)
+    assert [(r["label"], r["rep"]) for r in doc["raw"]] == [("mlp/single", 0), ("ref:mlp/single", 0)]
+    assert all(r["moments_s"] > 0 for r in doc["raw"])  # the moment clock found its functions in both codes
+    # each process records the kernels it ran with: bnstats' choice (avx2 unless BNSTATS_CPU_ISA says otherwise)
+    assert all(r["cpu_numerics"]["cpu_isa"] == os.environ["BNSTATS_CPU_ISA"] for r in doc["raw"])
+    assert doc["ref"]["commit"] == _head()
+    assert set(doc["ratios"]) == {"current / ref: mlp/single", "current / ref: mlp/single (CPU time)"}
+    assert _absolute_paths(text) == []
+
+
+def test_a_case_process_measures_the_code_it_was_given(tmp_path, monkeypatch):
+    # use_code puts the checkout first on the path and fails when bnstats comes from anywhere else
+    fake = tmp_path / "checkout"
+    (fake / "bnstats").mkdir(parents=True)
+    (fake / "bnstats" / "__init__.py").write_text("")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "bnstats")
+    bench.use_code(str(fake))
+    assert sys.modules["bnstats"].__file__ == str(fake / "bnstats" / "__init__.py")
+    with pytest.raises(RuntimeError, match="imported before its code was chosen"):
+        bench.use_code(str(REPO))
+    del sys.modules["bnstats"]
+    with pytest.raises(RuntimeError, match="not from the code to measure"):
+        bench.use_code(str(tmp_path / "empty"))  # no bnstats there: the import finds the fake one
+
+
+def test_moment_clock_finds_summarize_many_where_the_training_code_bound_it(monkeypatch):
+    # a training loop that lives in another module (as in a --ref revision) is timed there too
+    import types
+
+    from bnstats import moments
+
+    loop = types.ModuleType("bnstats.other_loop")
+    loop.summarize_many = moments.summarize_many
+    monkeypatch.setitem(sys.modules, "bnstats.other_loop", loop)
+    acc = moments.MomentAccumulator.from_tensors([torch.randn(64, 3, generator=torch.Generator().manual_seed(0))])
+    with bench._MomentClock() as clock:
+        loop.summarize_many([acc])
+    assert clock.seconds > 0 and loop.summarize_many is moments.summarize_many

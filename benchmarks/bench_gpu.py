@@ -1,4 +1,4 @@
-"""GPU checks and throughput (issue 6): ``python -m bnstats.bench_gpu`` (``bash benchmarks/gpu_check.sh``).
+"""GPU checks and throughput (issue 6): ``python benchmarks/bench_gpu.py`` (``bash benchmarks/gpu_check.sh``).
 
 One call on a lent GPU runs, in order of importance, each case guarded so that one failure or an
 exhausted time budget leaves the others (the JSON is rewritten after every case):
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import json
 import os
 import pickle
 import sys
@@ -44,6 +43,13 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and not __package__:
+    # Run as a file (``python benchmarks/bench_gpu.py``): bnstats and benchmarks from this checkout (see
+    # bench_cpu.py), not the script's folder or an installed copy.
+    if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
+        sys.path[0] = str(REPO)
+    else:
+        sys.path.insert(0, str(REPO))
 WIDTHS = (16, 64)  # vgg first-stage width: stages of 16/32/64 and 64/128/256 channels
 
 
@@ -68,7 +74,7 @@ def write_images(root: Path, n_train: int, n_test: int, seed: int = 0) -> None:
 def image_runs(width: int, seeds: int, *, epochs: int, root: str, batch: int = 512,
                moments: int | None = 10) -> list:
     """The runs of one arm: ``vgg`` depth 1 (3 conv blocks, ``width``·(1, 2, 4) channels), crop + flip."""
-    from . import config
+    from bnstats import config
 
     raw = {"name": "gpu-bench", "dataset": "cifar10", "seeds": seeds,
            "data": {"root": root, "augment": True},
@@ -116,8 +122,8 @@ def engine_case(width: int, seeds: int, *, epochs: int, root: str, device: str, 
                 conv_impl: str | None = None, fused: bool | None = None) -> dict[str, Any]:
     """``engine.train_stack`` end to end; steady images/s from the epochs after the first.
     ``conv_impl``: overrides ``engine.GPU_CONV_IMPL`` for this case; ``fused``: ``moments.FUSED_CUDA``."""
-    from . import engine
-    from . import moments as moments_mod
+    from bnstats import engine
+    from bnstats import moments as moments_mod
 
     dev = torch.device(device)
     if dev.type != "cuda":  # the dry run: bf16 is CUDA's
@@ -165,7 +171,7 @@ def loader_case(width: int, *, root: str, device: str, steps: int, augment: bool
     """One seed as a typical user trains it: DataLoader, per-step host transfer, ``.item()``."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from . import data, models
+    from bnstats import data, models
 
     dev = torch.device(device)
     run = image_runs(width, 1, epochs=1, root=root, batch=batch)[0]
@@ -231,7 +237,7 @@ def step_case(width: int, seeds: int, *, device: str, mode: str, steps: int, bat
     stacked model; compile time reported apart). ``around``: a context manager entered for the timed
     steps only (the profiler).
     """
-    from . import config, engine, models
+    from bnstats import config, engine, models
 
     dev = torch.device(device)
     _reset_peak(dev)
@@ -345,7 +351,7 @@ def moments_case(seeds: int, batch: int, channels: int, hw: int, *, device: str,
     """One stacked site tensor's moment reduction, as the engine's recorder hands it over (a ``[S, N, C,
     H, W]`` view of the packed ``[N, S*C, H, W]`` activations, bf16 on a GPU): eager passes against the
     compiled fused reduction (``moments.FUSED_CUDA``). The first fused call holds the compilation."""
-    from . import moments
+    from bnstats import moments
 
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -404,7 +410,7 @@ def checks(device: str, data_root: str, *, epochs: int = 2, small: bool = False)
     import tomllib
     from dataclasses import replace
 
-    from . import config, engine, train
+    from bnstats import config, engine, train
 
     raw = tomllib.loads(config.default_config_text())
     raw.update(seeds=3, data={"root": data_root}, grid={"arch": ["mlp", "cnn"], "placement": ["before", "after"]})
@@ -468,8 +474,8 @@ def checks(device: str, data_root: str, *, epochs: int = 2, small: bool = False)
 
 
 def _environment(device: str) -> dict[str, Any]:
-    """:func:`bench._environment` plus the GPU's properties (``device`` is ``cpu`` for the dry run)."""
-    from .bench import _environment as base
+    """:func:`benchmarks.bench_cpu._environment` plus the GPU's properties (``device`` is ``cpu`` for the dry run)."""
+    from benchmarks.bench_cpu import _environment as base
 
     env = base()
     if torch.device(device).type != "cuda":
@@ -577,7 +583,7 @@ def ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bnstats.bench_gpu", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/bench_gpu.py", description=__doc__.split("\n")[0])
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to check the script")
     p.add_argument("--budget-s", type=float, default=420, help="start no case after this many seconds")
     p.add_argument("--data-root", default="data/cache", help="where mnist1d.npz is (the checks use it)")
@@ -585,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--plan", default="full", choices=["full", "conv", "moments"], help="which cases (see plan())")
     a = p.parse_args(argv)
+    from benchmarks.bench_cpu import write_record  # its paths relative to the working directory
+
     t_start = time.perf_counter()
     device = "cpu" if a.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -593,13 +601,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out) if a.out else REPO / "benchmarks" / (
         f"gpu{'-dryrun' if a.dry_run else ''}-{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {"environment": _environment(device), "command": "python -m bnstats.bench_gpu "
+    doc: dict[str, Any] = {"environment": _environment(device), "command": "python benchmarks/bench_gpu.py "
                            + " ".join(sys.argv[1:] if argv is None else argv), "checks": [], "cases": []}
 
     def save() -> None:
         doc["ratios"] = ratios(doc["cases"])
         doc["elapsed_s"] = time.perf_counter() - t_start
-        out.write_text(json.dumps(doc, indent=1, default=str))
+        write_record(out, doc)
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
