@@ -6,7 +6,7 @@ medians taken, because the machines we share are noisy; every ratio comes from o
 - ``loader``: a plain per-seed PyTorch loop as a typical user writes it: ``DataLoader(TensorDataset,
   shuffle=True, batch_size=128)``, the same model, init, optimizer, lr schedule and epochs,
   ``.item()`` for the metrics, evaluation every epoch; seeds one after another.
-- ``stack``: :func:`bnstats.engine.train_stack`, all seeds of the arm in one stacked model, moments
+- ``stack``: :func:`bnstats.train.train_stack`, all seeds of the arm in one stacked model, moments
   as configured (every 10 steps); ``stack_mom_off`` / ``stack_mom_1``: moments off / every step.
 - ``single``: :func:`bnstats.train.train` per seed (moments every 10 steps); ``single_mom_off`` /
   ``single_mom_1``: moments off / every step (issue 3's cost of moments is measured on this loop);
@@ -219,7 +219,7 @@ class _MomentClock:
     the share of a run the moments take, measured inside the run itself, which a host's drifting speed
     moves alike on both sides. The timed functions are restored on exit.
 
-    ``summarize_many`` is timed wherever the training code bound it by name (``bnstats.train`` today), so
+    ``summarize_many`` is timed wherever the training code bound it by name (``bnstats.moments`` today), so
     that the clock still works in code whose training loop lives elsewhere (``--ref``); a timed call
     inside another counts once."""
 
@@ -268,8 +268,9 @@ def _time_case(kind: str, runs: list, clock: _MomentClock) -> dict[str, Any]:
     t0, c0, m0 = time.perf_counter(), _cpu_s(), clock.seconds
     if kind == "loader":
         accs = [loader_run(r) for r in runs]
-    elif kind.startswith("stack"):
-        accs = [o.run["test_acc"] for o in engine.train_stack(runs, device="cpu")]
+    elif kind.startswith("stack"):  # train.train_stack since the one loop; engine.train_stack before (--ref)
+        stack = getattr(train, "train_stack", None) or engine.train_stack
+        accs = [o.run["test_acc"] for o in stack(runs, device="cpu")]
     else:
         accs = [train.train(r).run["test_acc"] for r in runs]
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0

@@ -8,7 +8,7 @@ exhausted time budget leaves the others (the JSON is rewritten after every case)
    init-probe moments on the GPU equal the CPU's, and the training loop does not synchronise with
    the host per step (CUDA sync-debug warnings counted at two batch sizes: per-step syncs would
    make the counts differ);
-2. ``engine``: :func:`bnstats.engine.train_stack` end to end (data resident, augmentation on the
+2. ``engine``: :func:`bnstats.train.train_stack` end to end (data resident, augmentation on the
    device, evaluation and moments included) on CIFAR-10-format files of synthetic 32×32×3 images,
    VGG-style widths 16/32/64 and 64/128/256 (``vgg``, depth 1), batch 512; images/s summed over
    seeds in the epochs after the first (the first holds cuDNN's and the allocator's warm-up);
@@ -120,9 +120,9 @@ def _reset_peak(dev: torch.device) -> None:
 def engine_case(width: int, seeds: int, *, epochs: int, root: str, device: str, precision: str = "bf16",
                 moments: int | None = 10, compile: bool = False, batch: int = 512,
                 conv_impl: str | None = None, fused: bool | None = None) -> dict[str, Any]:
-    """``engine.train_stack`` end to end; steady images/s from the epochs after the first.
+    """``train.train_stack`` end to end; steady images/s from the epochs after the first.
     ``conv_impl``: overrides ``engine.GPU_CONV_IMPL`` for this case; ``fused``: ``moments.FUSED_CUDA``."""
-    from bnstats import engine
+    from bnstats import engine, train
     from bnstats import moments as moments_mod
 
     dev = torch.device(device)
@@ -132,7 +132,7 @@ def engine_case(width: int, seeds: int, *, epochs: int, root: str, device: str, 
     _reset_peak(dev)
     with _setting(engine, "GPU_CONV_IMPL", conv_impl), _setting(moments_mod, "FUSED_CUDA", fused):
         t0 = time.perf_counter()
-        outs = engine.train_stack(runs, device=dev, precision=precision, compile=compile)
+        outs = train.train_stack(runs, device=dev, precision=precision, compile=compile)
         wall = time.perf_counter() - t0
         fused = moments_mod.FUSED_CUDA  # what ran (a failed compilation turns it off)
     curves = outs[0].curves
@@ -237,7 +237,7 @@ def step_case(width: int, seeds: int, *, device: str, mode: str, steps: int, bat
     stacked model; compile time reported apart). ``around``: a context manager entered for the timed
     steps only (the profiler).
     """
-    from bnstats import config, engine, models
+    from bnstats import config, data, engine, models
 
     dev = torch.device(device)
     _reset_peak(dev)
@@ -273,7 +273,7 @@ def step_case(width: int, seeds: int, *, device: str, mode: str, steps: int, bat
 
     def body(b: torch.Tensor, o: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         xb = x[b]
-        xb = engine.augment_drawn(xb.flatten(0, 1), o, f, padding=4, flip=True).view(xb.shape).flatten(1, 2)
+        xb = data.augment_drawn(xb.flatten(0, 1), o, f, padding=4, flip=True).view(xb.shape).flatten(1, 2)
         if cl:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=mode != "bf16_graph"):
@@ -410,7 +410,7 @@ def checks(device: str, data_root: str, *, epochs: int = 2, small: bool = False)
     import tomllib
     from dataclasses import replace
 
-    from bnstats import config, engine, train
+    from bnstats import config, train
 
     raw = tomllib.loads(config.default_config_text())
     raw.update(seeds=3, data={"root": data_root}, grid={"arch": ["mlp", "cnn"], "placement": ["before", "after"]})
@@ -419,25 +419,25 @@ def checks(device: str, data_root: str, *, epochs: int = 2, small: bool = False)
         raw["model"]["width"], raw["train"]["batch_size"], raw["moments"]["probe_size"] = 8, 500, 64
     cfg = config.from_dict(raw)
     out = []
-    for group in engine.group_by_arm(cfg.runs()):
+    for group in train.group_by_arm(cfg.runs()):
         t0 = time.perf_counter()
-        st = engine.train_stack(group, device=device)
+        st = train.train_stack(group, device=device)
         single = [train.train(r, device=device) for r in group]
         diff = _metric_diff(st, single)
         mdiff = max(_moment_diff(a.moments, b.moments) for a, b in zip(st, single, strict=True))
         same_hash = all(a.run["init_hash"] == b.run["init_hash"] and a.run["order_hash"] == b.run["order_hash"]
                         for a, b in zip(st, single, strict=True))
-        bf = engine.train_stack(group, device=device, precision="bf16" if device == "cuda" else "fp32")
+        bf = train.train_stack(group, device=device, precision="bf16" if device == "cuda" else "fp32")
         out.append({"check": f"stack = single: {group[0].model.arch}/{group[0].model.placement}",
                     "max_metric_diff": diff, "max_moment_rel_diff": mdiff, "hashes_equal": same_hash,
                     "bf16_test_acc": [o.run["test_acc"] for o in bf],
                     "ok": bool(diff < 1e-3 and mdiff < 1e-2 and same_hash  # bf16 learns (not asked of the dry run)
                                and all(o.run["test_acc"] > (0.0 if small else 0.15) for o in bf)),
                     "wall_s": time.perf_counter() - t0})
-    group = engine.group_by_arm(cfg.runs())[-1]
+    group = train.group_by_arm(cfg.runs())[-1]
     # deterministic = true repeats bitwise on the device
-    a = engine.train_stack(group, device=device, deterministic=True)
-    b = engine.train_stack(group, device=device, deterministic=True)
+    a = train.train_stack(group, device=device, deterministic=True)
+    b = train.train_stack(group, device=device, deterministic=True)
     same = all(x.run[k] == y.run[k] for x, y in zip(a, b, strict=True) for k in ("train_loss", "test_loss"))
     out.append({"check": "deterministic repeats bitwise", "ok": bool(same and a[0].run["deterministic"]),
                 "test_loss": [x.run["test_loss"] for x in a]})
@@ -457,7 +457,7 @@ def checks(device: str, data_root: str, *, epochs: int = 2, small: bool = False)
                 warnings.simplefilter("always")
                 torch.cuda.set_sync_debug_mode("warn")
                 try:
-                    engine.train_stack(runs, device=device)
+                    train.train_stack(runs, device=device)
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             counts[bs] = [str(x.message)[:120] for x in w if "synchroniz" in str(x.message)]

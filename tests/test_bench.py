@@ -194,14 +194,14 @@ def test_reshape_max_pool_equals_max_pool2d_values_and_gradients_with_ties():
 
 
 def test_moment_clock_times_the_moment_functions_and_restores_them():
-    from bnstats import moments, train
+    from bnstats import moments
 
-    before = moments.MomentAccumulator.__dict__["from_tensors"], train.summarize_many
+    before = moments.MomentAccumulator.__dict__["from_tensors"], moments.summarize_many
     with bench._MomentClock() as clock:
         acc = moments.MomentAccumulator.from_tensors([torch.randn(64, 3, generator=torch.Generator().manual_seed(0))])
-        train.summarize_many([acc])
+        moments.summarize_many([acc])
     assert clock.seconds > 0
-    assert (moments.MomentAccumulator.__dict__["from_tensors"], train.summarize_many) == before
+    assert (moments.MomentAccumulator.__dict__["from_tensors"], moments.summarize_many) == before
 
 
 def test_records_name_no_absolute_path():
