@@ -412,8 +412,9 @@ def _merge(row: dict[str, Any], new: dict[str, Any], origin: str, notes: list[st
             row.setdefault(k, v)
             continue
         row[f"{k}.{origin}"] = v
-        notes.append(f"{where}: {k!r} is in the run's {origin} too, with another value ({v!r}, kept as "
-                     f"{k + '.' + origin!r}, beside {row[k]!r})")
+        note = f"{k!r} is in a run's {origin} too, with another value: kept as {k + '.' + origin!r} (first: {where})"
+        if not any(n.startswith(note.split(" (first:")[0]) for n in notes):  # once per name, not per run
+            notes.append(note)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -485,7 +486,8 @@ def _wandb_run(d: Path, notes: list[str]) -> tuple[dict[str, Any], list[dict[str
     else:
         summary = info.get("summary") or {}
     if not any(not str(k).startswith("_") for k in summary):
-        where = ("files/wandb-summary.json is missing and its run-*.wandb log holds no logged value" if log
+        where = ("files/wandb-summary.json holds no logged value" if summary_file.is_file()
+                 else "files/wandb-summary.json is missing and its run-*.wandb log holds no logged value" if log
                  else "no files/wandb-summary.json and no run-*.wandb log")
         raise ImportInputError(f"{str(d)!r}: W&B run folder with no summary ({where}); was the run finished?")
     if config_file.is_file():
@@ -556,8 +558,13 @@ def _wandb_log(log: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         raise ImportInputError(f"{str(log)!r}: wandb's reader gave no summary ({e.msg})") from None
     history = []
     for line in run([]).splitlines():
-        rec = json.loads(line) if line.startswith("{") else None
-        if not rec or rec.get("type") != "history":
+        if '"history"' not in line:  # most records are system stats, config, telemetry: skip them unparsed
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ImportInputError(f"{str(log)!r}: wandb's reader gave a record that is not JSON ({e.msg})") from None
+        if rec.get("type") != "history":
             continue
         body = rec.get("history") or {}
         item = flatten(body.get("item") or {})
@@ -580,7 +587,7 @@ def _curves_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         return _no_curves()
     df = pd.DataFrame.from_records(rows)
     df["step"] = df["step"].astype("int64")
-    return (df.groupby(["source_path", "step"], sort=True).last().reset_index())
+    return df.groupby(["source_path", "step"], sort=True).last().reset_index()
 
 
 # --- TensorBoard ---------------------------------------------------------------------------------------

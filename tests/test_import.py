@@ -190,6 +190,11 @@ def test_compare_file_equals_stats_compare_on_the_same_frame(tmp_path, capsys):
     np.testing.assert_allclose(got["estimate"], [np.mean(DIFF["relu"]), np.mean(DIFF["tanh"])], atol=1e-12)
     assert list(got["activation"]) == ["relu", "tanh"] and set(got["n"]) == {4}
     assert "relu" in text and "verdict" in text
+    rc, _, err = _run(capsys, "plan", src, "--by", "activation", "--effect", "0.005", "--csv", out)
+    assert rc == 0, err
+    want = stats.plan(pd.read_csv(src), metric="test_acc", factor="placement", baseline="before", by=["activation"],
+                      effect=0.005)
+    assert pd.read_csv(out)["seeds_for_power"].tolist() == want["seeds_for_power"].astype(int).tolist()
 
 
 def _csv(df: pd.DataFrame, path: Path) -> Path:
