@@ -566,3 +566,27 @@ def test_readme_examples_run_as_written(wandb_runs, tb_runs, tmp_path, capsys, m
         assert out.strip(), c
     assert (tmp_path / "runs" / "wandb" / "tables" / "curves.parquet").is_file()
     assert set(store.load("runs/tb").runs["placement"]) == set(ARMS)
+
+
+def test_tf2_scalars_stored_as_tensors_are_read_too(tmp_path):
+    """TF2's ``tf.summary.scalar`` writes a 0-d float32 tensor with the scalars plugin's metadata (not a
+    ``simple_value``); written here with TensorBoard's own event writer and protos, as TF2 does."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.plugins.scalar import metadata
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.util import tensor_util
+
+    for arm, shift in (("a", 0.0), ("b", 0.25)):
+        for s in range(2):
+            w = EventFileWriter(str(tmp_path / "tf2" / f"arm={arm}" / f"seed={s}"))
+            for step in range(3):
+                value = summary_pb2.Summary.Value(
+                    tag="acc", tensor=tensor_util.make_tensor_proto(0.5 + 0.125 * step + shift, dtype="float32"),
+                    metadata=metadata.create_summary_metadata(display_name="", description=""))
+                w.add_event(event_pb2.Event(wall_time=1.0e9 + step, step=step, summary=summary_pb2.Summary(value=[value])))
+            w.close()
+    imp = importers.read(tmp_path / "tf2", importers.mapping(factor="arm", metric="acc", baseline="a"))
+    assert sorted(imp.runs["acc"]) == [0.75, 0.75, 1.0, 1.0]  # exact in float32: the last step of each run
+    assert imp.curves.groupby("run_id")["acc"].apply(list).map(lambda v: v[0] in (0.5, 0.75)).all()
+    np.testing.assert_array_equal(stats.compare(imp.runs, "acc", "arm", "a")["estimate"], [0.25])
