@@ -24,7 +24,9 @@ kind                what
 ``tensorboard``     a folder of TensorBoard event files, one run per folder that holds event files
                     (read by TensorBoard's ``EventAccumulator``): ``key=value`` parts of the folder path
                     (separated by ``/`` or ``,``), hyperparameters written by ``add_hparams`` (its
-                    timestamped subfolder belongs to the run above it), and the last value of each scalar
+                    timestamped subfolder belongs to the run above it), and the last value of each scalar;
+                    Keras' ``train/`` and ``validation/`` subfolders of one run are two folders, hence two
+                    runs of the same seed and arm (refused as duplicates): import one of them
 ==================  ============================================================================================
 
 Per-step values (W&B history, TensorBoard scalars) become the ``curves`` table: one row per run and
