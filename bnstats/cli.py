@@ -1,4 +1,4 @@
-"""``bnstats sweep / status / compare / plan / report``: each a thin call of one library function.
+"""``bnstats sweep / status / compare / plan / report / import``: each a thin call of one library function.
 
 Bad input (unknown key, bad value, missing file, an output directory of another config) prints one
 line naming the field and exits with status 2.
@@ -7,8 +7,10 @@ line naming the field and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import config as config_mod
 from .config import ConfigError
@@ -43,13 +45,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _value_errors_are_usage(fn):
-    """A ValueError (a bad option or column, named by bnstats.stats) -> one line on stderr, exit 2."""
+    """A ValueError (a bad option or column, named by bnstats.stats or bnstats.importers) or a missing
+    optional dependency -> one line on stderr, exit 2."""
 
     def wrapper(args: argparse.Namespace) -> int:
+        from .importers import MissingExtra
+
         try:
             return fn(args)
-        except ValueError as e:
-            print(f"bnstats {args.command}: error: {e}", file=sys.stderr)
+        except (ValueError, MissingExtra) as e:
+            print(f"bnstats {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
             return EXIT_USAGE
 
     return wrapper
@@ -68,18 +73,62 @@ def _margin(text: str | None):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _loaded_runs(path: str):
-    from . import store
-
-    runs = store.load(path).runs
-    if not len(runs):
-        raise ValueError(f"DIR: {path!r} holds no finished runs yet")
-    return runs
-
-
 def _by(args: argparse.Namespace) -> list[str] | None:
     by = [b.strip() for item in (args.by or []) for b in item.split(",") if b.strip()]
     return by or None
+
+
+# --- what compare and plan read: a sweep, an imported store, or a runs file or folder read directly ----
+
+
+_SWEEP_DEFAULTS = {"metric": "test_acc", "factor": "placement", "baseline": "before"}
+_MAPPING_ONLY = ("seed", "init_hash", "order_hash", "mapping")
+
+
+def _analysis(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The runs, and the ``metric``, ``factor``, ``baseline`` and ``by`` that compare/plan use.
+
+    A sweep: the flags, else the sweep defaults. An imported store: the flags, else its mapping. Any other
+    path is a source read by ``bnstats.importers`` with the mapping flags (``--mapping TOML``, ``--seed``,
+    ...), nothing written.
+    """
+    from . import importers
+
+    path = Path(args.dir)
+    if (path / "sweep.json").is_file():
+        return _store_analysis(args, path)
+    mapping = importers.mapping(
+        args.mapping, seed=args.seed, factor=args.factor, metric=args.metric, by=_by(args),
+        baseline=args.baseline, init_hash=args.init_hash, order_hash=args.order_hash)
+    if args.metric is not None and len(mapping.metric) > 1:
+        raise ValueError(f"--metric: {args.command} takes one metric, got {list(mapping.metric)}; run it once per metric")
+    if mapping.baseline is None:
+        mapping = dataclasses.replace(mapping, baseline=_SWEEP_DEFAULTS["baseline"])
+    imp = importers.read(path, mapping)
+    m = imp.meta["import"]["mapping"]
+    return imp.runs, {"metric": m["metric"][0], "factor": m["factor"], "baseline": m["baseline"], "by": m["by"]}
+
+
+def _store_analysis(args: argparse.Namespace, path: Path) -> tuple[Any, dict[str, Any]]:
+    from . import importers, store
+
+    given = [f"--{k.replace('_', '-')}" for k in _MAPPING_ONLY if getattr(args, k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: for a runs file or folder; {str(path)!r} is a store, read with the "
+                         "mapping it was made with")
+    res = store.load(path)
+    runs = res.runs
+    if not len(runs):
+        raise ValueError(f"DIR: {str(path)!r} holds no finished runs yet")
+    if not importers.is_imported(res.meta):
+        return runs, {k: getattr(args, k) or v for k, v in _SWEEP_DEFAULTS.items()} | {"by": _by(args)}
+    m = importers.stored_mapping(res.meta)
+    metric = args.metric or m.metric[0]
+    factor = args.factor or m.factor
+    importers.check_metric(runs, metric)
+    text = args.baseline or m.baseline or _SWEEP_DEFAULTS["baseline"]
+    baseline = importers.level_of(runs, factor, text) if factor in runs else text
+    return runs, {"metric": metric, "factor": factor, "baseline": baseline, "by": _by(args) or list(m.by)}
 
 
 def _print_table(table, columns: list[str], csv: str | None) -> None:
@@ -95,8 +144,9 @@ def _print_table(table, columns: list[str], csv: str | None) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from . import stats
 
+    runs, a = _analysis(args)
     table = stats.compare(
-        _loaded_runs(args.dir), metric=args.metric, factor=args.factor, baseline=args.baseline, by=_by(args),
+        runs, metric=a["metric"], factor=a["factor"], baseline=a["baseline"], by=a["by"],
         margin=_margin(args.margin), confidence_level=args.confidence_level, p_adjust=args.p_adjust,
         diverged=args.diverged, nan_policy="omit" if args.diverged == "keep" else "raise", rng=args.rng)
     _print_table(table, ["arm", "baseline", "n", "estimate", "ci_low", "ci_high", "boot_ci_low", "boot_ci_high",
@@ -110,10 +160,10 @@ def _plan(args: argparse.Namespace) -> int:
 
     if args.effect is None and args.halfwidth is None:
         raise ValueError("plan needs --effect (for --power) or --halfwidth (CI half-width), or both")
+    runs, a = _analysis(args)
     table = stats.plan(
-        _loaded_runs(args.dir), metric=args.metric, factor=args.factor, baseline=args.baseline, by=_by(args),
-        effect=args.effect, halfwidth=args.halfwidth, power=args.power, alpha=args.alpha,
-        nan_policy=args.nan_policy)
+        runs, metric=a["metric"], factor=a["factor"], baseline=a["baseline"], by=a["by"], effect=args.effect,
+        halfwidth=args.halfwidth, power=args.power, alpha=args.alpha, nan_policy=args.nan_policy)
     _print_table(table, ["arm", "baseline", "n_pilot", "estimate", "sd_diff", "d_z", "seeds_for_power",
                          "seeds_for_halfwidth", "n_planned", "caveats"], args.csv)
     return 0
@@ -141,15 +191,19 @@ def _add_stats_parsers(sub) -> None:
     """The ``compare``, ``plan`` and ``report`` subcommands."""
 
     def common(q):
-        q.add_argument("--metric", default="test_acc", help="metric column (default: test_acc, a fraction)")
-        q.add_argument("--factor", default="placement", help="the factor whose levels are the arms (default: placement)")
-        q.add_argument("--baseline", default="before", help="the arm every other arm is compared with (default: before)")
+        q.add_argument("--metric", help="metric column (default: test_acc, a fraction; an imported store: its first "
+                                        "mapped metric)")
+        q.add_argument("--factor", help="the factor whose levels are the arms (default: placement, or the mapping's)")
+        q.add_argument("--baseline", help="the arm every other arm is compared with (default: before, or the mapping's)")
         q.add_argument("--by", action="append", metavar="COL[,COL]",
-                       help="columns defining a cell (default: every grid factor except --factor)")
+                       help="columns defining a cell (default: every grid factor except --factor; an imported "
+                            "store or a runs file: the mapping's, else none)")
         q.add_argument("--csv", metavar="FILE", help="also write the full table, unrounded, as CSV")
+        _add_mapping_flags(q, extra=False)
 
     c = sub.add_parser("compare", help="paired comparison of every arm with the baseline, per cell (stats.compare)")
-    c.add_argument("dir", metavar="DIR", help="sweep directory")
+    c.add_argument("dir", metavar="DIR|FILE", help="sweep or imported store, or a runs file or folder (CSV, Parquet, "
+                                                    "JSON lines, W&B runs, TensorBoard logs; see `bnstats import`)")
     common(c)
     c.add_argument("--margin", metavar="M|LOW,HIGH",
                    help="equivalence margin in the metric's units (0.005 = 0.5 pp of accuracy); enables TOST")
@@ -161,7 +215,7 @@ def _add_stats_parsers(sub) -> None:
     c.set_defaults(func=_compare)
 
     pl = sub.add_parser("plan", help="seeds each comparison needs, from a pilot sweep (stats.plan)")
-    pl.add_argument("dir", metavar="DIR", help="pilot sweep directory")
+    pl.add_argument("dir", metavar="DIR|FILE", help="pilot sweep or imported store, or a runs file or folder")
     common(pl)
     pl.add_argument("--effect", type=float, help="mean difference to detect, in the metric's units (0.002 = 0.2 pp)")
     pl.add_argument("--power", type=float, default=0.8, help="target power for --effect (default 0.8)")
@@ -179,6 +233,55 @@ def _add_stats_parsers(sub) -> None:
                         "diverged, n_resamples, rng, title), e.g. --set margin=0.005 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="do not print the render time")
     r.set_defaults(func=_report)
+
+
+# --- import: runs trained anywhere -> a store that compare, plan and status read --------------------
+
+
+def _add_mapping_flags(q, *, extra: bool) -> None:
+    """The column mapping of a runs file or folder (``extra``: also --factor/--metric/--by/--baseline)."""
+    if extra:
+        q.add_argument("--factor", metavar="COL", help="column whose levels are the arms (default: placement)")
+        q.add_argument("--metric", action="append", metavar="COL[,COL]",
+                       help="metric column(s), numeric, kept in the source's units (default: test_acc)")
+        q.add_argument("--by", action="append", metavar="COL[,COL]", help="columns defining a cell (default: none)")
+        q.add_argument("--baseline", metavar="LEVEL", help="the arm every other arm is compared with")
+    q.add_argument("--seed", metavar="COL", help="runs file or folder: the seed column, the unit of pairing "
+                                                 "(default: seed)")
+    q.add_argument("--init-hash", metavar="COL", help="runs file or folder: column with a hash of each run's "
+                                                      "initial weights (checked across the arms of a seed)")
+    q.add_argument("--order-hash", metavar="COL", help="runs file or folder: column with a hash of each run's "
+                                                       "data order (checked across the arms of a seed)")
+    q.add_argument("--mapping", metavar="TOML", help="runs file or folder: a TOML file whose [import] section maps "
+                                                     "the columns (keys as these flags: seed, factor, metric, by, "
+                                                     "baseline, init_hash, order_hash); flags override it")
+
+
+@_value_errors_are_usage
+def _import(args: argparse.Namespace) -> int:
+    from . import importers
+
+    metric = [x for item in (args.metric or []) for x in item.split(",") if x.strip()] or None
+    mapping = importers.mapping(
+        args.mapping, seed=args.seed, factor=args.factor, metric=metric, by=_by(args), baseline=args.baseline,
+        init_hash=args.init_hash, order_hash=args.order_hash)
+    imp = importers.read(args.src, mapping)
+    written = importers.write_store(imp, args.out)
+    print(args.out)
+    print(importers.describe(imp) if written
+          else "already imported: the directory holds this source (same sha256) with this mapping; nothing written")
+    return 0
+
+
+def _add_import_parser(sub) -> None:
+    i = sub.add_parser("import", help="store runs trained anywhere (CSV, Parquet, JSON lines, W&B, TensorBoard) "
+                                      "for compare, plan and status")
+    i.add_argument("src", metavar="SRC", help="a .csv, .parquet or .jsonl file (one row per run; the W&B UI's runs "
+                                              "export too), a W&B folder (wandb/ or a run-*/ folder, offline runs "
+                                              "included) or a folder of TensorBoard event files (one run per folder)")
+    i.add_argument("--out", required=True, help="the store to create (refused if it holds anything else)")
+    _add_mapping_flags(i, extra=True)
+    i.set_defaults(func=_import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print counts, failures and running runs as JSON")
     st.set_defaults(func=_status)
     _add_stats_parsers(sub)
+    _add_import_parser(sub)
     return p
 
 

@@ -4,6 +4,7 @@
 ``store.STALE_CLAIM_S``); ``failed``: raised on its last attempt (error and traceback in
 ``DIR/failed/<run_id>.json``), retried by the next launch; ``missing``: none of these (not launched yet,
 or its worker died). Reads only: works on a sweep being trained, and on a read-only copy.
+An imported store (``bnstats import``) has no grid to count against: its runs per cell, all done.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def status_frame(path: str | Path, *, config_path: str | None = None) -> tuple[p
     """
     store = Store(path)
     meta = store.meta()
+    if meta.get("source") == "import":
+        return _imported_counts(store, meta, config_path), {}
     if config_path:
         sweep = config_mod.load(config_path)
     else:
@@ -51,6 +54,20 @@ def status_frame(path: str | Path, *, config_path: str | None = None) -> tuple[p
     counts = counts[["done", "running", "failed", "missing"]]
     counts.columns.name = None
     return counts.reset_index() if factors else counts.reset_index(drop=True), failed
+
+
+def _imported_counts(store: Store, meta: dict, config_path: str | None) -> pd.DataFrame:
+    """Runs per cell (the mapped factor and cell columns) of an imported store: every one is done."""
+    from .store import load
+
+    if config_path:
+        raise config_mod.ConfigError(f"--config: {str(store.path)!r} holds imported runs (bnstats import); "
+                                     "there is no grid to count missing runs against")
+    factors = list(meta["factors"])
+    counts = load(store.path).runs.groupby(factors, sort=True).size().rename("done").reset_index()
+    for c in ("running", "failed", "missing"):
+        counts[c] = 0
+    return counts
 
 
 def status_dict(path: str | Path, *, config_path: str | None = None) -> dict[str, Any]:

@@ -144,6 +144,9 @@ class Store:
         store = cls(path)
         meta_path = store.path / "sweep.json"
         identity = sweep.identity()
+        if meta_path.is_file() and json.loads(meta_path.read_text()).get("source") == "import":
+            raise ConfigError(f"--out: {str(store.path)!r} holds imported runs (bnstats import), not a sweep; "
+                              "use another --out directory")
         if not meta_path.is_file():
             if store.path.exists() and any(not _is_layout(p.name) for p in store.path.iterdir()):
                 raise ConfigError(f"--out: {str(store.path)!r} exists, is not empty and is not a bnstats sweep")
