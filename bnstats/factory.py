@@ -30,8 +30,10 @@ from .config import ConfigError
 
 
 def is_spec(text: Any) -> bool:
-    """Whether ``text`` names user code (``module:function`` or ``file.py:function``)."""
-    return isinstance(text, str) and text.count(":") == 1 and all(text.split(":"))
+    """Whether ``text`` names user code (``module:function`` or ``file.py:function``; ``file:PATH`` names a
+    data file)."""
+    return (isinstance(text, str) and text.count(":") == 1 and all(text.split(":"))
+            and not text.startswith("file:"))
 
 
 def _split(spec: str) -> tuple[str, str]:

@@ -737,16 +737,18 @@ def _kind(m: torch.nn.Module) -> str | None:
 def find_sites(model: torch.nn.Module, example: Callable[[], Any] | None = None) -> SiteMap:
     """The :class:`SiteMap` of ``model``.
 
-    Pairs that the model declares (modules with ``norm``, ``act`` and an ``index`` in forward order:
-    ``models.Block``; with ``norm`` and ``act`` only: ``bnstats.nn.NormAct``) are layers as they are.
-    Every other norm or activation module is paired by the data it passes: a norm whose output object is
-    an activation's input (``before``), or an activation whose output object is a norm's input (``after``);
-    a residual added in place between them (``out += identity``) keeps the object, an out-of-place add
-    does not (``bnstats.nn.place`` makes such pairs explicit). ``example()`` runs one forward pass (in
-    eval mode, without gradients) to see the order and the data. In bnstats' own models every pair is a
-    block with its index, and only the blocks are sites (no pass is needed).
+    Layers are, first, the pairs the model declares, numbered in forward order: a ``models.Block`` (its
+    ``index``) or a ``bnstats.nn.NormAct`` (a module with ``norm``, ``act`` and ``placement``), and the
+    pairs ``bnstats.nn.place`` rewrote (its result's ``meta["bnstats.pairs"]``). Then every other norm or
+    activation module, numbered after them in forward order, paired by the data it passes: a norm whose
+    output object is an activation's input (``before``), or an activation whose output object is a norm's
+    input (``after``); a residual added in place between them (``out += identity``) keeps the object, an
+    out-of-place add does not (``place`` makes such pairs explicit). So the declared pairs carry the same
+    numbers in every arm of a sweep, whatever order the placement puts their modules in. ``example()``
+    runs one forward pass (in eval mode, without gradients) to see the order and the data. In bnstats'
+    own models every pair is a block with its index, and only the blocks are sites (no pass is needed).
     """
-    declared: dict[int, tuple[torch.nn.Module, int | None]] = {}  # id(member) -> (owner, owner's index)
+    declared: dict[int, tuple[Any, int | None]] = {}  # id(member) -> (its pair, the pair's index)
     owners: list[torch.nn.Module] = []
     for m in model.modules():
         if all(hasattr(m, a) for a in ("norm", "act", "placement")) and isinstance(m.act, torch.nn.Module):
@@ -754,6 +756,13 @@ def find_sites(model: torch.nn.Module, example: Callable[[], Any] | None = None)
             for member in (m.norm, m.act):
                 if member is not None:
                     declared[id(member)] = (m, getattr(m, "index", None))
+    for i, pair in enumerate(getattr(model, "meta", {}).get("bnstats.pairs", ())):
+        for path in (pair.norm, pair.activation):
+            try:
+                member = model.get_submodule(path)
+            except AttributeError:  # placement "none" removed the norm
+                continue
+            declared.setdefault(id(member), (("placed", i), None))
     indexed = bool(declared) and all(index is not None for _, index in declared.values())
     if indexed:  # bnstats' models: the blocks, numbered in forward order (a shortcut's norm is no site)
         layers = {}
@@ -793,7 +802,7 @@ def find_sites(model: torch.nn.Module, example: Callable[[], Any] | None = None)
         kind = _kind(m)
         if id(m) in declared:
             owner = declared[id(m)][0]
-            unit_of[(id(m), k)] = ((id(owner), k), kind)
+            unit_of[(id(m), k)] = (("declared", id(owner) if isinstance(owner, torch.nn.Module) else owner, k), kind)
             continue
         unit = (id(m), k, i)
         for j in range(i - 1, -1, -1):  # the loose module of the other kind whose data this one continues
@@ -805,8 +814,11 @@ def find_sites(model: torch.nn.Module, example: Callable[[], Any] | None = None)
                 break
         unit_of[(id(m), k)] = (unit, kind)
     order: dict[Any, int] = {}
-    for m, k, _, _ in calls:
-        order.setdefault(unit_of[(id(m), k)][0], len(order))
+    for first in (True, False):  # declared pairs first, then the others, each in forward order
+        for m, k, _, _ in calls:
+            unit = unit_of[(id(m), k)][0]
+            if (unit[0] == "declared") == first:
+                order.setdefault(unit, len(order))
     layers = {key: (order[unit], kind) for key, (unit, kind) in unit_of.items()}
     modules = tuple(dict.fromkeys(m for m, _, _, _ in calls))
     return SiteMap(modules, layers)
@@ -848,6 +860,7 @@ class SiteRecorder:
         self.keys: dict[str, Any] = {}
         self._rows: int | None = None
         self._last: torch.Tensor | None = None  # the last tensor handed over (as given), for aliases
+        self._last_version = 0
         self._calls: dict[int, int] = {}
         self._accs: list[MomentAccumulator] = []
         self._labels: list[tuple[tuple, int, int]] = []  # (keys, layer, site), accumulator, index in it
@@ -887,7 +900,9 @@ class SiteRecorder:
 
     def __call__(self, layer: int, site: str, x: torch.Tensor) -> None:
         keys = (self.keys, layer, site)  # made a row's dict in rows(): most recordings never need one
-        if self._last is not None and x is self._last:
+        # One tensor as two sites, unmodified in between (an in-place op, e.g. ReLU(inplace=True), bumps
+        # the tensor's version: its output is the same object with other values).
+        if self._last is not None and x is self._last and x._version == self._last_version:
             self.items.append((keys, self.items[-1][1]))
             return
         if self.nbytes >= PASS_BYTES:  # no alias of the pending tensors can follow: reduce them now,
@@ -899,7 +914,7 @@ class SiteRecorder:
             n, sc = t.shape[:2]
             t = t.view(n, self.seeds, sc // self.seeds, *t.shape[2:]).transpose(0, 1)
         self.items.append((keys, t))
-        self._last = x
+        self._last, self._last_version = x, x._version
         self.nbytes += t.numel() * t.element_size()
 
     def reduce(self) -> None:

@@ -39,6 +39,7 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -236,8 +237,9 @@ def _data_source(dataset: str) -> dict[str, str]:
     from . import factory
 
     if dataset.startswith("file:"):
-        return {"dataset_sha256": hashlib.sha256(open(dataset[5:], "rb").read()).hexdigest(),
-                "dataset_git_commit": factory.git_commit(os.path.dirname(os.path.abspath(dataset[5:])))}
+        path = Path(dataset[5:])
+        return {"dataset_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "dataset_git_commit": factory.git_commit(path.resolve().parent)}
     if data.is_user(dataset):
         src = factory.provenance(factory.resolve(dataset, field="dataset"))
         return {"dataset_sha256": src["sha256"], "dataset_git_commit": src["git_commit"]}
