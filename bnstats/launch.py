@@ -99,7 +99,8 @@ if _in_fork_server():  # imported (through bnstats.sweep) by the local pool's fo
     _die_with_parent()
 
 
-def _init_worker(threads: int, gpu_counter: Any, n_gpus: int, cpu_isa: str, launcher_pid: int = 0) -> None:
+def _init_worker(threads: int, gpu_counter: Any, n_gpus: int, cpu_isa: str = "avx2", launcher_pid: int = 0
+                 ) -> None:
     """Runs once in each worker process: dies with the launcher, its CPU kernels, torch threads, and its
     GPU (round-robin)."""
     _exit_with_launcher(launcher_pid)

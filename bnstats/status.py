@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from . import config as config_mod
-from .store import Store
+from .store import Store, stored_config
 
 
 def status_frame(path: str | Path, *, config_path: str | None = None) -> tuple[pd.DataFrame, dict]:
@@ -40,7 +40,7 @@ def _status(path: str | Path, *, config_path: str | None) -> tuple[pd.DataFrame,
     if config_path:
         sweep = config_mod.load(config_path)
     else:
-        sweep = config_mod.from_dict(meta["config"])
+        sweep = stored_config(meta)
     running = store.active_claims()  # before done_ids: a run finishing meanwhile counts as done
     done = store.done_ids()
     damaged = store.damaged_units()

@@ -1263,9 +1263,18 @@ def verify(path: str | Path, *, repair: bool = False, log: Callable[[str], None]
     return Verification(store.path, tuple(problems), tuple(repaired), runs, units)
 
 
-def _check(store: Store, *, locked: bool) -> tuple[list[Problem], int, int]:
+def stored_config(meta: dict[str, Any]) -> SweepConfig:
+    """The :class:`SweepConfig` of a ``sweep.json`` (``Store.meta()``), its grid in the stored factor order
+    (the ``config`` object is written with sorted keys, which reorders ``grid``; the identity keeps the order)."""
     from . import config as config_mod
 
+    raw = dict(meta["config"])
+    grid = raw.get("grid", {})
+    raw["grid"] = {k: grid[k] for k in meta.get("factors", []) if k in grid} | grid
+    return config_mod.from_dict(raw)
+
+
+def _check(store: Store, *, locked: bool) -> tuple[list[Problem], int, int]:
     problems: list[Problem] = []
     meta_path = store.path / "sweep.json"
     meta: dict[str, Any] | None = None
@@ -1287,7 +1296,7 @@ def _check(store: Store, *, locked: bool) -> tuple[list[Problem], int, int]:
             problems.append(Problem("sweep.json", f"identity_hash {meta['identity_hash']} is not the hash of its "
                                     "identity (edited by hand?)"))
         try:
-            sweep_cfg = config_mod.from_dict(meta["config"])
+            sweep_cfg = stored_config(meta)
             if stable_hash(sweep_cfg.identity()) != meta["identity_hash"]:
                 problems.append(Problem("sweep.json", "its config does not have its identity (edited by hand?)"))
                 sweep_cfg = None

@@ -306,6 +306,22 @@ def test_verify_passes_a_clean_store(cfg_path, outputs, tmp_path, capsys):
     assert "ok" in out.lower() and str(st.path) in out
 
 
+def test_verify_passes_the_shipped_reference_store_without_writing(tmp_path, monkeypatch, capsys):
+    # runs stored before they carried sweep_identity: every run_id must be a run of sweep.json's config
+    copy = tmp_path / "ref"
+    shutil.copytree(REPO / "data" / "reference" / "placement-mnist1d", copy)
+
+    def read_only(self, what="compaction"):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.path / "compact.lock"))
+
+    monkeypatch.setattr(store.Store, "_lock", read_only)
+    assert _cli("verify", copy) == 0
+    assert "ok: 540 runs" in capsys.readouterr().out
+    assert sorted(p.name for p in copy.iterdir()) == ["sweep.json", "tables"]
+    with pytest.raises(OSError, match="Read-only"):
+        store.verify(copy, repair=True)
+
+
 def test_verify_lists_every_broken_invariant_and_repair_fixes_them(cfg_path, outputs, tmp_path, capsys):
     st, cfg = _store(tmp_path, cfg_path, outputs, n=4)
     for o in outputs[4:]:
