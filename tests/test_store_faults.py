@@ -449,6 +449,34 @@ def test_kill_9_of_the_launcher_takes_its_fork_server_and_workers_along(cfg_path
         proc.wait()
 
 
+def test_without_pdeathsig_the_watchdog_still_kills_a_worker_whose_launcher_died(tmp_path):
+    # the portable fallback alone (macOS has no prctl): a "launcher" whose "worker" watches its pid
+    worker = ("import sys, time; from bnstats import launch\n"
+              "launch._die_with_parent = lambda: False\n"
+              "launch._exit_with_launcher(int(sys.argv[1])); print('watching', flush=True); time.sleep(120)")
+    launcher = ("import os, subprocess, sys, time\n"
+                f"w = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid())])\n"
+                "print(w.pid, flush=True); time.sleep(120)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, env=env)
+    worker_pid = int(proc.stdout.readline())
+    try:
+        assert proc.stdout.readline().strip() == "watching"  # the worker's line, through the same pipe
+        os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: a zombie, which counts as gone
+        t0 = time.time()
+        while time.time() - t0 < 5 and store._pid_alive(worker_pid):
+            time.sleep(0.02)
+        assert not store._pid_alive(worker_pid), "the worker outlived its launcher"
+    finally:
+        for pid in (worker_pid, proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        proc.stdout.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # 9. bad input: exit 2, one line, nothing written
 
