@@ -213,10 +213,12 @@ def preflight(config: SweepConfig, out: str | Path, *, workers: int | None = Non
 
     Raises :class:`ConfigError` naming the key (and the arm) for: ``--workers`` below 0; more than
     :data:`MAX_RUNS` runs; ``--out`` that is a file or cannot be written; a dataset whose files are
-    damaged (``FileNotFoundError`` for missing ones); a ``batch_size`` larger than the training set;
-    an arm whose model does not build for the dataset's inputs or fails on them (one forward pass of two
-    examples on the CPU, per distinct model config: a kernel larger than its input, say). Without it
-    each of these would fail every run at train time, after the directory was created.
+    damaged (``FileNotFoundError`` for missing ones) or a ``data.val_split`` it cannot take; a
+    ``batch_size`` larger than the training set (after the validation split); an arm whose model does not
+    build for the dataset's inputs or fails on them (``models.create`` as training calls it, a built-in
+    arch or a user's factory, then one forward pass of two examples on the CPU, per distinct model
+    config: a kernel larger than its input, say). Without it each of these would fail every run at train
+    time, after the directory was created.
     """
     from . import data as data_mod
     from . import models
@@ -235,9 +237,9 @@ def preflight(config: SweepConfig, out: str | Path, *, workers: int | None = Non
         ds = data_mod.load(config.dataset, config.data.root)
     except data_mod.DatasetFileError as exc:
         raise ConfigError(f"dataset: {exc}") from None
-    n_train = len(ds.x_train)
+    n_train = len(data_mod.split_validation(ds, config.data.val_split).x_train)
     x = ds.x_train[:2].float()
-    tried: set[Any] = set()
+    tried: set[str] = set()
     for run in dataclasses.replace(config, seeds=config.seeds[:1]).runs():  # one run per cell
         arm = _arm_text(run)
         bs = run.train.batch_size
@@ -245,12 +247,12 @@ def preflight(config: SweepConfig, out: str | Path, *, workers: int | None = Non
             key = "grid.batch_size" if "batch_size" in run.factors else "train.batch_size"
             raise ConfigError(f"{key}: {bs} exceeds the {n_train} training examples of {config.dataset!r} ({arm}); "
                               "an epoch takes only full batches")
-        if run.model in tried:
+        if repr(run.model) in tried:
             continue
-        tried.add(run.model)
-        try:  # fork_rng: building draws default initial weights from torch's global generator
+        tried.add(repr(run.model))
+        try:  # fork_rng: building may draw default initial weights from torch's global generator
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                models.build(run.model, ds.input_shape, ds.num_classes)(x)
+                models.create(run.model, run.seed, ds.input_shape, ds.num_classes).model(x)
         except Exception as exc:  # whatever a model (a user's too) raises: it would fail every run
             text = " ".join(str(exc).split()) or type(exc).__name__
             key = m.group(1) if (m := re.match(r"((?:model|grid)\.\w+):", text)) else "model"

@@ -530,13 +530,26 @@ def test_the_preflight_builds_every_arm_once_and_leaves_the_global_rng_alone(cfg
 
     from bnstats import models
 
-    built, real = [], models.build
-    monkeypatch.setattr(models, "build", lambda cfg, *a: built.append(cfg) or real(cfg, *a))
+    built, real = [], models.create
+    monkeypatch.setattr(models, "create", lambda cfg, *a: built.append(cfg) or real(cfg, *a))
     state = torch.random.get_rng_state()
     sweep.preflight(config.load(cfg_path, seeds=3), tmp_path / "out")
     assert torch.equal(torch.random.get_rng_state(), state)  # default inits drew from a forked generator
     assert len(built) == 6 and len(set(built)) == 6  # 2 archs x 3 placements, seeds do not matter
     assert not (tmp_path / "out").exists()
+
+
+def test_a_user_model_factory_that_fails_on_the_inputs_exits_2_naming_the_arm(tmp_path, data_root, capsys,
+                                                                              monkeypatch):
+    (tmp_path / "faulty_zoo.py").write_text(
+        "import torch\n"
+        "def net(in_shape, num_classes, placement):  # written for 7 inputs, given MNIST-1D's 40\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(7, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    err = _one_line_exit_2(capsys, "sweep", _toml(tmp_path, data_root), "--out", out,
+                           "--set", "grid.arch=['faulty_zoo:net']")
+    assert "arch='faulty_zoo:net'" in err and "(1, 40)" in err and "RuntimeError" in err and not out.exists()
 
 
 def test_out_pointing_at_a_file_exits_2(tmp_path, data_root, capsys):
