@@ -1,13 +1,17 @@
-"""``bnstats sweep / status / compare / plan / report / import``: each a thin call of one library function.
+"""``bnstats sweep / status / verify / compare / plan / report / import``: each a thin call of one library function.
 
-Bad input (unknown key, bad value, missing file, an output directory of another config) prints one
-line naming the field and exits with status 2.
+Bad input (unknown key, bad value, missing or damaged file, an output directory of another config or
+that cannot be written) prints one line naming the field or the file and exits with status 2, before
+anything is written. Output piped into a reader that stops early (``bnstats status DIR | head``) ends
+quietly with status 141 (128 + SIGPIPE, as a program killed by SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -131,6 +135,30 @@ def _store_analysis(args: argparse.Namespace, path: Path) -> tuple[Any, dict[str
     return runs, {"metric": metric, "factor": factor, "baseline": baseline, "by": _by(args) or list(m.by)}
 
 
+def _stored_runs(path: str):
+    """The runs of the store ``path``; one line (ValueError, or StoreError naming a damaged file) if none."""
+    from . import store
+
+    runs = store.load(path).runs
+    if not len(runs):
+        raise ValueError(f"DIR: {path!r} holds no finished runs yet")
+    return runs
+
+
+def _numeric_metric(runs, metric: str) -> None:
+    """``--metric`` must name a numeric (not boolean) column of the runs table; the error lists them."""
+    import pandas as pd
+
+    def numeric(c: str) -> bool:
+        return pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])
+
+    if metric not in runs.columns or not numeric(metric):
+        allowed = ", ".join(c for c in runs.columns if numeric(c) and c != "seed")
+        what = "is not a column of the runs table" if metric not in runs.columns else \
+            f"is not numeric (dtype {runs[metric].dtype})"
+        raise ValueError(f"--metric: {metric!r} {what}; numeric columns: {allowed}")
+
+
 def _print_table(table, columns: list[str], csv: str | None) -> None:
     from .report import format_for_reading
 
@@ -145,6 +173,7 @@ def _compare(args: argparse.Namespace) -> int:
     from . import stats
 
     runs, a = _analysis(args)
+    _numeric_metric(runs, a["metric"])
     table = stats.compare(
         runs, metric=a["metric"], factor=a["factor"], baseline=a["baseline"], by=a["by"],
         margin=_margin(args.margin), confidence_level=args.confidence_level, p_adjust=args.p_adjust,
@@ -161,6 +190,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.effect is None and args.halfwidth is None:
         raise ValueError("plan needs --effect (for --power) or --halfwidth (CI half-width), or both")
     runs, a = _analysis(args)
+    _numeric_metric(runs, a["metric"])
     table = stats.plan(
         runs, metric=a["metric"], factor=a["factor"], baseline=a["baseline"], by=a["by"], effect=args.effect,
         halfwidth=args.halfwidth, power=args.power, alpha=args.alpha, nan_policy=args.nan_policy)
@@ -176,6 +206,7 @@ def _report(args: argparse.Namespace) -> int:
     from .report import parse_sets, render
 
     params = parse_sets(args.set)
+    _stored_runs(args.dir)  # a store without runs, or with a damaged file: one line, before anything is written
     try:
         out = render(args.dir, args.out, parameters=params, log=not args.quiet)
     except papermill.PapermillExecutionError as e:
@@ -284,6 +315,32 @@ def _add_import_parser(sub) -> None:
     i.set_defaults(func=_import)
 
 
+# --- verify: the store's self-check ---------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 if the store is whole (after repairing, with --repair), 1 if anything is wrong."""
+    from .store import verify
+
+    result = verify(args.dir, repair=args.repair)
+    for line in result.repaired:
+        print(f"repaired {line}")
+    for p in result.problems:
+        print(f"{p}" + (f" [--repair: {p.repair}]" if p.repair and not args.repair else ""))
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _add_verify_parser(sub) -> None:
+    v = sub.add_parser("verify", help="check a sweep directory against the store's invariants (and --repair)")
+    v.add_argument("dir", metavar="DIR", help="sweep directory")
+    v.add_argument("--repair", action="store_true",
+                   help="move damaged units and tables, runs of another config and stray rows to DIR/quarantine/ "
+                        "(tables rebuilt from what remains; moved runs train again on the next sweep), drop "
+                        "duplicate rows, delete leftovers of dead writers; then check again")
+    v.set_defaults(func=_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bnstats", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -307,22 +364,41 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config", help="count missing runs against this config (default: the stored one)")
     st.add_argument("--json", action="store_true", help="print counts, failures and running runs as JSON")
     st.set_defaults(func=_status)
+    _add_verify_parser(sub)
     _add_stats_parsers(sub)
     _add_import_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .store import StoreError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away is found here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
+    except (ConfigError, FileNotFoundError, StoreError) as e:
         print(f"bnstats {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; finished runs are stored, run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _reader_gone() -> int:
+    """stdout's reader stopped reading (``| head``): drop what is left to print, quietly.
+
+    Python ignores SIGPIPE and raises BrokenPipeError instead; the buffered rest would raise again at
+    exit, so stdout is pointed at /dev/null first (the recipe of Python's ``signal`` documentation).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

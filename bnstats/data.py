@@ -73,11 +73,41 @@ class Dataset:
 # MNIST-1D (Greydanus 2020), generated locally by the mnist1d package with its paper's default args.
 
 
+MNIST1D_LENGTH = 40  # samples per MNIST-1D sequence (the paper's default args)
+
+
+def _read_mnist1d_cache(cache: Path) -> dict[str, np.ndarray]:
+    """The arrays of an MNIST-1D cache, checked: a damaged or foreign file raises
+    :class:`DatasetFileError` naming it (deleting it makes the next load generate it again)."""
+    fix = "delete it and the next run generates it again"
+    try:
+        # np.load given a path leaks its file when the zip is damaged: open (and close) it here
+        with open(cache, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            missing = [k for k in ("x", "y", "x_test", "y_test") if k not in z.files]
+            if missing:
+                raise DatasetFileError(f"{cache}: not an MNIST-1D cache: no {', '.join(missing)} array; {fix}")
+            arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+    except DatasetFileError:
+        raise
+    except Exception as e:  # BadZipFile, EOFError (truncated), ValueError (not an npz, pickled data), ...
+        raise DatasetFileError(f"{cache}: not a readable MNIST-1D cache ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())}); {fix}") from None
+    for x, y in (("x", "y"), ("x_test", "y_test")):
+        xs, ys = arrays[x], arrays[y]
+        if xs.dtype != np.float32 or xs.ndim != 2 or xs.shape[1] != MNIST1D_LENGTH:
+            raise DatasetFileError(f"{cache}: {x!r} must be float32 of shape [N, {MNIST1D_LENGTH}], got "
+                                   f"{xs.dtype} {xs.shape}; {fix}")
+        try:
+            _check_labels(cache, ys, len(xs), 10)
+        except DatasetFileError as e:
+            raise DatasetFileError(f"{e} (array {y!r}); {fix}") from None
+    return arrays
+
+
 def _mnist1d(root: Path) -> Dataset:
     cache = root / "mnist1d.npz"
     if cache.is_file():
-        z = np.load(cache)
-        arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+        arrays = _read_mnist1d_cache(cache)
     else:
         from mnist1d.data import get_dataset_args, make_dataset
 
@@ -93,8 +123,11 @@ def _mnist1d(root: Path) -> Dataset:
                   "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64)}
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".mnist1d.{np.random.default_rng().integers(1 << 62)}.npz"
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)  # atomic: concurrent workers never read a half-written cache
+        try:
+            np.savez(tmp, **arrays)
+            tmp.replace(cache)  # atomic: concurrent workers never read a half-written cache
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
     return Dataset(
         name="mnist1d",
         x_train=torch.from_numpy(arrays["x"]).unsqueeze(1),

@@ -10,14 +10,25 @@
 
 Futures need only ``result()``; ``done()`` gives progress while jobs finish in any order (submitit
 Jobs are not ``concurrent.futures.Future`` objects: :func:`as_completed` polls them).
+
+The local pool's processes die with the launcher, however it dies (kill -9 included): left alone they
+would finish the tasks already queued and then block forever on the pool's pipe (each worker holds its
+write end), ~1 GB each, and the fork server would wait for them. On Linux the kernel kills the fork
+server when the launcher dies and each worker when the fork server (or, with ``spawn``, the launcher)
+does (``prctl(PR_SET_PDEATHSIG)``); everywhere a watchdog thread in each worker kills it within
+``WATCHDOG_S`` of the launcher's pid going. Slurm jobs are meant to outlive the launcher and do.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
@@ -36,8 +47,63 @@ SLURM_MAX_ARRAY = 1000  # Slurm's default MaxArraySize is 1001: submit larger sw
 # local worker processes
 
 
-def _init_worker(threads: int, gpu_counter: Any, n_gpus: int, cpu_isa: str) -> None:
-    """Runs once in each worker process: its CPU kernels, torch threads, and its GPU (round-robin)."""
+WATCHDOG_S = 0.5  # how often a worker checks that the launcher still runs
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when the thread that created it exits (False elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_launcher(pid: int, every_s: float = WATCHDOG_S) -> None:
+    from .store import _pid_alive  # a zombie launcher (killed, not yet reaped) counts as gone
+
+    while True:
+        time.sleep(every_s)
+        if not _pid_alive(pid):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exit_with_launcher(launcher_pid: int) -> None:
+    """Make this worker die when the launcher does (see the module doc)."""
+    if not launcher_pid:
+        return
+    _die_with_parent()  # the fork server (which dies with the launcher), or the launcher itself (spawn)
+    threading.Thread(target=_watch_launcher, args=(launcher_pid,), daemon=True,
+                     name="bnstats-launcher-watchdog").start()
+
+
+def _in_fork_server() -> bool:
+    """Whether this code runs while multiprocessing's fork server imports its preloaded modules."""
+    try:
+        from multiprocessing import forkserver
+
+        frame = sys._getframe()
+    except (ImportError, AttributeError):
+        return False
+    while frame is not None:
+        if frame.f_code is forkserver.main.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+if _in_fork_server():  # imported (through bnstats.sweep) by the local pool's fork server: die with the launcher
+    _die_with_parent()
+
+
+def _init_worker(threads: int, gpu_counter: Any, n_gpus: int, cpu_isa: str = "avx2", launcher_pid: int = 0
+                 ) -> None:
+    """Runs once in each worker process: dies with the launcher, its CPU kernels, torch threads, and its
+    GPU (round-robin)."""
+    _exit_with_launcher(launcher_pid)
     cpu.apply(cpu_isa)  # before the worker's first torch op, which fixes its kernels (bnstats/cpu.py)
     torch.set_num_threads(threads)
     if n_gpus:
@@ -58,7 +124,8 @@ def local_executor(workers: int, *, device: str = "cpu", threads_per_worker: int
 
     Workers are forked from a fork server that has imported torch and bnstats once (``forkserver``,
     where the platform has it), so N workers cost one torch import, not N; ``spawn`` elsewhere. Neither
-    forks a process that has touched CUDA or torch's thread pools.
+    forks a process that has touched CUDA or torch's thread pools. The workers and the fork server die
+    with this process (see the module doc).
     """
     method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     ctx = mp.get_context(method)
@@ -66,7 +133,7 @@ def local_executor(workers: int, *, device: str = "cpu", threads_per_worker: int
         ctx.set_forkserver_preload(["bnstats.sweep", "bnstats.train"])
     n_gpus = torch.cuda.device_count() if device == "cuda" else 0
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(threads_per_worker, ctx.Value("i", 0), n_gpus, cpu_isa))
+                                  initargs=(threads_per_worker, ctx.Value("i", 0), n_gpus, cpu_isa, os.getpid()))
 
 
 def default_workers(device: str) -> int:

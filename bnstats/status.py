@@ -3,7 +3,9 @@
 ``done``: stored; ``running``: claimed by a live process (on another host: heartbeat younger than
 ``store.STALE_CLAIM_S``); ``failed``: raised on its last attempt (error and traceback in
 ``DIR/failed/<run_id>.json``), retried by the next launch; ``missing``: none of these (not launched yet,
-or its worker died). Reads only: works on a sweep being trained, and on a read-only copy.
+or its worker died). A damaged unit does not count as done: it is listed (the file and what is wrong)
+and its run counts as missing, since the next sweep moves it to ``quarantine/`` and trains it again.
+Reads only: works on a sweep being trained, and on a read-only copy.
 An imported store (``bnstats import``) has no grid to count against: its runs per cell, all done.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from . import config as config_mod
-from .store import Store
+from .store import Store, stored_config
 
 
 def status_frame(path: str | Path, *, config_path: str | None = None) -> tuple[pd.DataFrame, dict]:
@@ -26,16 +28,23 @@ def status_frame(path: str | Path, *, config_path: str | None = None) -> tuple[p
 
     Also returns the failures: ``{run_id: {"error", "traceback", "seed", "factors", ...}}``.
     """
+    counts, failed, _ = _status(path, config_path=config_path)
+    return counts, failed
+
+
+def _status(path: str | Path, *, config_path: str | None) -> tuple[pd.DataFrame, dict, dict[Path, str]]:
     store = Store(path)
     meta = store.meta()
     if meta.get("source") == "import":
-        return _imported_counts(store, meta, config_path), {}
+        return _imported_counts(store, meta, config_path), {}, {}
     if config_path:
         sweep = config_mod.load(config_path)
     else:
-        sweep = config_mod.from_dict(meta["config"])
+        sweep = stored_config(meta)
     running = store.active_claims()  # before done_ids: a run finishing meanwhile counts as done
     done = store.done_ids()
+    damaged = store.damaged_units()
+    done -= {u.name for u in damaged}
     failed = {rid: info for rid, info in store.failures().items() if rid not in running}
     rows = []
     for run in sweep.runs():
@@ -53,7 +62,7 @@ def status_frame(path: str | Path, *, config_path: str | None = None) -> tuple[p
             counts[c] = 0
     counts = counts[["done", "running", "failed", "missing"]]
     counts.columns.name = None
-    return counts.reset_index() if factors else counts.reset_index(drop=True), failed
+    return counts.reset_index() if factors else counts.reset_index(drop=True), failed, damaged
 
 
 def _imported_counts(store: Store, meta: dict, config_path: str | None) -> pd.DataFrame:
@@ -74,10 +83,11 @@ def status_dict(path: str | Path, *, config_path: str | None = None) -> dict[str
     """Everything ``bnstats status`` shows, as plain JSON-able data (``bnstats status --json``).
 
     Keys: ``dir``, ``total`` (counts), ``cells`` (one dict per cell: factors and counts), ``failed``
-    (``run_id``, ``seed``, ``factors``, ``error``, ``traceback``, ``host``, ``time``, ``file``) and
-    ``running`` (``run_id``, ``host``, ``pid``, ``heartbeat_age_s``).
+    (``run_id``, ``seed``, ``factors``, ``error``, ``traceback``, ``host``, ``time``, ``file``),
+    ``running`` (``run_id``, ``host``, ``pid``, ``heartbeat_age_s``) and ``damaged`` (``path`` of the
+    unit, ``problem``: the file and what is wrong with it).
     """
-    counts, failed = status_frame(path, config_path=config_path)
+    counts, failed, damaged = _status(path, config_path=config_path)
     store = Store(path)
     now = time.time()
     running = []
@@ -95,7 +105,8 @@ def status_dict(path: str | Path, *, config_path: str | None = None) -> dict[str
                  "error": info.get("error"), "traceback": info.get("traceback"), "host": info.get("host"),
                  "time": info.get("time"), "file": str(store.failed / f"{rid}.json")}
                 for rid, info in sorted(failed.items())]
-    return {"dir": str(path), "total": total, "cells": cells, "failed": failures, "running": running}
+    return {"dir": str(path), "total": total, "cells": cells, "failed": failures, "running": running,
+            "damaged": [{"path": str(u), "problem": why} for u, why in sorted(damaged.items())]}
 
 
 _STATES = ("done", "running", "failed", "missing")
@@ -118,6 +129,11 @@ def status_table(path: str | Path, *, config_path: str | None = None) -> str:
         for f in d["failed"]:
             factors = " ".join(f"{k}={v}" for k, v in (f["factors"] or {}).items())
             lines.append(f"  {f['run_id']} seed={f['seed']} {factors}: {f['error']}")
+    if d["damaged"]:
+        lines += ["", f"damaged units ({len(d['damaged'])}), counted as missing: the next `bnstats sweep` moves "
+                      f"them to quarantine/ and trains their runs again (`bnstats verify {path} --repair` "
+                      "moves them now):"]
+        lines += [f"  units/{Path(x['path']).name}/{x['problem']}" for x in d["damaged"]]
     return "\n".join(lines)
 
 
