@@ -22,7 +22,8 @@ def resolve_factors(runs: pd.DataFrame, factors, metric_cols) -> list[str]:
     """Grid factor columns: ``factors=`` if given, else ``runs.attrs["factors"]``, else inferred.
 
     Inference keeps columns of object, string or category dtype (not bool, not numeric) other than
-    ``run_id``, ``seed``, the metric columns and the bookkeeping columns in :data:`BOOKKEEPING`.
+    ``run_id``, ``seed``, the metric columns, the bookkeeping columns in :data:`BOOKKEEPING` and the
+    bit-packed per-example columns (names ending in ``_bits``, e.g. ``test_correct_bits``).
     Numeric factors (e.g. a width) are therefore never inferred: pass ``factors=`` for them.
     """
     if factors is not None:
@@ -33,7 +34,7 @@ def resolve_factors(runs: pd.DataFrame, factors, metric_cols) -> list[str]:
     skip = set(BOOKKEEPING) | set(METRIC_COLUMNS) | set(metric_cols)
     out = []
     for c in runs.columns:
-        if c in skip:
+        if c in skip or str(c).endswith("_bits"):  # bit-packed per-example results (bytes), never a factor
             continue
         dt = runs[c].dtype
         if isinstance(dt, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dt) or pd.api.types.is_object_dtype(dt):

@@ -147,7 +147,8 @@ def association(moments, runs, moment="skew", site="norm_in", metric="test_acc",
     pandas.DataFrame
         Columns: the ``by`` columns, ``factor``, ``arm``, ``layer``, ``site``, ``moment``, ``metric``,
         ``source``, ``n``, ``r``, ``ci_low``, ``ci_high``, ``p``, ``method``, ``confidence_level``,
-        ``alternative``, ``caveats``, ``p_adj``, ``p_adjust_method``.
+        ``alternative``, ``caveats`` (one per line: :func:`bnstats.stats.caveat_list`), ``p_adj``,
+        ``p_adjust_method``.
 
     Notes
     -----
@@ -208,7 +209,8 @@ def paired_association(moments, runs, moment="skew", site="norm_in", metric="tes
     pandas.DataFrame
         Columns: the ``by`` columns, ``factor``, ``arm``, ``baseline``, ``layer``, ``site``, ``moment``,
         ``metric``, ``source``, ``n``, ``n_dropped``, ``r``, ``ci_low``, ``ci_high``, ``p``, ``method``,
-        ``confidence_level``, ``alternative``, ``caveats``, ``p_adj``, ``p_adjust_method``.
+        ``confidence_level``, ``alternative``, ``caveats`` (one per line: :func:`bnstats.stats.caveat_list`),
+        ``p_adj``, ``p_adjust_method``.
         A (layer, site) that either arm does not record (e.g. ``norm_in`` under ``placement="none"``)
         gives no row.
 

@@ -10,7 +10,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 
 from . import _validate as v
-from ._results import ResultMixin
+from ._results import ResultMixin, clean_caveat, join_caveats
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -19,7 +19,8 @@ class MixedResult(ResultMixin):
 
     ``coef`` is a DataFrame with columns ``term``, ``estimate``, ``se``, ``z``, ``ci_low``, ``ci_high``,
     ``p``, ``confidence_level``. ``to_dict()`` gives the scalar fields (not ``coef``); ``to_frame()``
-    gives ``coef`` with ``formula`` and ``converged`` repeated on each row and ``warnings`` joined.
+    gives ``coef`` with ``formula`` and ``converged`` repeated on each row and ``warnings`` joined one per
+    line (read it back with :func:`bnstats.stats.caveat_list`).
     """
 
     formula: str
@@ -40,7 +41,7 @@ class MixedResult(ResultMixin):
         out = self.coef.copy()
         out.insert(0, "formula", self.formula)
         out["converged"] = self.converged
-        out["warnings"] = "; ".join(self.warnings)
+        out["warnings"] = join_caveats(self.warnings)
         return out
 
 
@@ -111,7 +112,7 @@ def mixed(runs, formula="test_acc ~ placement * activation", groups="seed", *, r
         group_var = float(np.asarray(fit.cov_re)[0, 0])
     msgs = []
     for w in rec:
-        m = f"{w.category.__name__}: {str(w.message).strip()}"
+        m = clean_caveat(f"{w.category.__name__}: {w.message}")
         if m not in msgs:
             msgs.append(m)
     return MixedResult(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from statsmodels.stats.multitest import multipletests
 
 from . import _validate as v
-
-_SM_METHOD = {"holm": "holm", "bh": "fdr_bh", "bonferroni": "bonferroni"}
 
 
 def adjust(pvalues, method="holm"):
@@ -34,8 +31,9 @@ def adjust(pvalues, method="holm"):
     - Holm: ``p̃_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``.
     - BH: ``p̃_(i) = min_{j >= i} min(1, m p_(j) / j)``.
 
-    Computed by :func:`statsmodels.stats.multitest.multipletests` (``"holm"``, ``"fdr_bh"``,
-    ``"bonferroni"``).
+    Computed here with R's ``p.adjust`` algorithm (a stable sort, then a running max for Holm and a
+    running min from the largest p for BH): ``statsmodels.stats.multitest.multipletests`` gives the
+    same numbers but calls ``gc.collect()`` on every call (~0.15 s in a process with torch loaded).
 
     References
     ----------
@@ -49,5 +47,21 @@ def adjust(pvalues, method="holm"):
         raise ValueError(f"pvalues must lie in [0, 1]; got values outside at positions {np.flatnonzero(ok & ((p < 0) | (p > 1))).tolist()}")
     out = np.full(p.shape, np.nan)
     if ok.any():
-        out[ok] = multipletests(p[ok], method=_SM_METHOD[method])[1]
+        out[ok] = _adjusted(p[ok], method)
+    return out
+
+
+def _adjusted(p: np.ndarray, method: str) -> np.ndarray:
+    m = p.size
+    if method == "bonferroni":
+        return np.minimum(1.0, m * p)
+    order = np.argsort(p, kind="stable")
+    ps = p[order]
+    rank = np.arange(1, m + 1)
+    if method == "holm":
+        adj = np.minimum(1.0, np.maximum.accumulate((m - rank + 1) * ps))
+    else:  # bh
+        adj = np.minimum(1.0, np.minimum.accumulate((m * ps / rank)[::-1])[::-1])
+    out = np.empty(m)
+    out[order] = adj
     return out

@@ -8,15 +8,20 @@ import math
 import numpy as np
 from scipy import optimize, special
 from scipy import stats as sps
-from statsmodels.stats.weightstats import ttost_paired
 
 from . import _validate as v
 from ._results import DEFAULT_SEED, ResultMixin, capture, make_rng
-from .power import min_p
+from .decision import verdict as decide
+from .power import exact_enumeration, min_p
+from .power import wilcoxon_method as auto_wilcoxon_method
 
 #: Below this many pairs the BCa interval under-covers noticeably (DESIGN.md; measured ~83% at n=5,
 #: ~90% at n=10 for a nominal 95%).
 BCA_MIN_N = 15
+
+#: Resampling works in batches of at most this many values (8 MB of float64), so 10^4 seeds and
+#: 10^4 resamples stay in memory (scipy's default batch holds all n_resamples x n values at once).
+BATCH_VALUES = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +33,8 @@ class PairedResult(ResultMixin):
 
     n: int
     n_omitted: int
+    n_nonzero: int
+    denominator: float
     mean_a: float
     mean_b: float
     estimate: float
@@ -67,14 +74,14 @@ class PairedResult(ResultMixin):
     verdict: str
     caveats: tuple[str, ...]
 
-    # scipy-like unpacking: statistic, pvalue
+    # scipy-like unpacking: statistic, pvalue (the primary test's p; see `method`)
     @property
     def statistic(self) -> float:
         return self.t
 
     @property
     def pvalue(self) -> float:
-        return self.p_t
+        return self.p
 
 
 def _hedges_j(df: float) -> float:
@@ -126,24 +133,62 @@ def dz_interval(d_z: float, n: int, *, confidence_level: float, alternative: str
     return low / math.sqrt(n), high / math.sqrt(n)
 
 
-def _resolve_wilcoxon(method: str, d: np.ndarray, zero_method: str, n_resamples: int) -> str:
-    has_zero = bool((d == 0).any())
-    absd = np.abs(d[d != 0]) if zero_method == "wilcox" else np.abs(d)
-    has_ties = absd.size != np.unique(absd).size
-    n_eff = absd.size
-    if method == "exact" and (has_zero or has_ties):
-        raise ValueError(
-            "wilcoxon_method='exact' needs differences without zeros or ties "
-            f"(zeros: {int((d == 0).sum())}, tied |d|: {has_ties}); "
-            "use wilcoxon_method='permutation' (exact conditional test) or 'approx'"
-        )
-    if method != "auto":
-        return method
-    if not (has_zero or has_ties) and n_eff <= 50:
-        return "exact"
-    if 2.0**n_eff <= n_resamples:
-        return "permutation"
-    return "approx"
+def _batch(n: int) -> int:
+    """Resamples per batch so that one batch holds at most :data:`BATCH_VALUES` values."""
+    return max(1, BATCH_VALUES // max(int(n), 1))
+
+
+def signflip(x, *, alternative, n_resamples, rng):
+    """Sign-flip permutation test of the mean of ``x`` (H0: x symmetric about 0); returns ``(p, method)``.
+
+    Zeros are dropped first: their sign changes nothing, so the test on the k nonzero values is the same
+    test with ``2**k`` distinct sign patterns, enumerated exactly when ``k <= floor(log2(n_resamples))``
+    and drawn ``n_resamples`` times otherwise. p-values follow :func:`scipy.stats.permutation_test`
+    (``permutation_type="samples"``) exactly: a null value counts as "at least as extreme" within a
+    relative tolerance of 100 machine epsilons, the Monte Carlo p is ``(b + 1) / (n_resamples + 1)``, the
+    two-sided p is ``min(1, 2 min(p_less, p_greater))``. Written out here (vectorised, in batches of
+    :data:`BATCH_VALUES`) because scipy's version loops in Python over the observations: ~40 s at 10^4
+    seeds. No nonzero value: p = 1, method ``"exact"``.
+    """
+    nz = x[x != 0]
+    k = int(nz.size)
+    if k == 0:
+        return 1.0, "exact"
+    observed = float(np.mean(nz))
+    gamma = abs(np.finfo(np.float64).eps * 100 * observed)
+    exact = exact_enumeration(k, n_resamples)
+    total = 2**k if exact else n_resamples
+    rng = make_rng(rng)
+    batch = _batch(k)
+    n_ge = n_le = 0
+    for start in range(0, total, batch):
+        size = min(batch, total - start)
+        if exact:  # pattern j flips value i when bit i of j is set
+            bits = (np.arange(start, start + size)[:, None] >> np.arange(k)[None, :]) & 1
+        else:
+            bits = rng.integers(0, 2, size=(size, k), dtype=np.int8)
+        null = ((1 - 2 * bits.astype(np.float64)) @ nz) / k
+        n_ge += int(np.count_nonzero(null >= observed - gamma))
+        n_le += int(np.count_nonzero(null <= observed + gamma))
+    adj = 0 if exact else 1
+    p_greater, p_less = (n_ge + adj) / (total + adj), (n_le + adj) / (total + adj)
+    p = {"greater": p_greater, "less": p_less, "two-sided": 2 * min(p_less, p_greater)}[alternative]
+    return float(min(max(p, 0.0), 1.0)), "exact" if exact else "monte carlo"
+
+
+def _counts(name, value, size):
+    """``denominator``: None, an int >= 1, or 1-D ints >= 1 of length ``size``; returned as float array."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or arr.ndim > 1:
+        raise TypeError(f"{name} must be None, an int >= 1 or a 1-D array of ints >= 1; got {value!r}")
+    arr = np.broadcast_to(arr.astype(np.float64), (size,)) if arr.ndim == 0 else arr.astype(np.float64)
+    if arr.shape != (size,):
+        raise ValueError(f"{name} must have one entry per pair ({size}); got {arr.size}")
+    if not (np.all(np.isfinite(arr)) and np.all(arr >= 1) and np.all(arr == np.round(arr))):
+        raise ValueError(f"{name} must hold whole numbers >= 1 (test-set sizes); got {value!r}")
+    return arr
 
 
 def paired(
@@ -160,6 +205,7 @@ def paired(
     zero_method="wilcox",
     wilcoxon_correction=False,
     nan_policy="raise",
+    denominator=None,
 ) -> PairedResult:
     """Paired comparison of arm ``b`` against arm ``a`` (``d = b - a``, paired by position).
 
@@ -167,6 +213,7 @@ def paired(
     ----------
     a, b : array_like, 1-D, same length
         The metric per seed for the baseline (``a``) and the arm (``b``); position i of each is seed i.
+        With ``denominator``: counts (e.g. correct test examples), whole numbers in [0, denominator].
     confidence_level : float
         Of every interval (t, BCa, d_z). ``alpha = 1 - confidence_level`` drives the verdict.
     alternative : {"two-sided", "less", "greater"}
@@ -175,21 +222,23 @@ def paired(
     margin : None, float > 0, or (low, high)
         Equivalence margin in the metric's units; ``m`` means ``(-m, m)``. Without it ``p_tost`` is NaN.
     n_resamples : int
-        Bootstrap resamples for BCa, and the sign-flip budget: exact enumeration when
-        ``2**n <= n_resamples``, else Monte Carlo with ``n_resamples`` random sign patterns.
+        Bootstrap resamples for BCa, and the permutation budget of the sign-flip and Wilcoxon tests:
+        exact enumeration when ``n <= floor(log2(n_resamples))`` (``2**n`` patterns fit), else Monte
+        Carlo with ``n_resamples`` random sign patterns. No size limit: ``2**n`` is never formed.
     rng : None, int, numpy.random.Generator or SeedSequence
         Source of all random draws, through ``np.random.default_rng(rng)``. ``rng=None`` uses the fixed
         default seed ``bnstats.stats.DEFAULT_SEED`` (20150211), so the same inputs give the same
         numbers, byte for byte; global RNG state is never read. Independent child generators are
-        spawned for the bootstrap, the sign-flip and the Wilcoxon permutation test.
+        spawned for the bootstrap, the sign-flip, the Wilcoxon permutation test and the exact TOST.
     higher_is_better : bool
         ``True`` for accuracies (b > a is "better"), ``False`` for losses.
     wilcoxon_method : {"auto", "exact", "approx", "permutation"}
-        Resolved to a concrete method and recorded in ``wilcoxon_method``. ``"auto"``: ``"exact"`` when
-        there are no zeros or ties and at most 50 nonzero differences; else ``"permutation"`` (exact
-        conditional enumeration of sign flips of the ranks) when ``2**n <= n_resamples``; else
-        ``"approx"`` (normal approximation with tie correction). ``"exact"`` with zeros or ties raises.
-        scipy's own ``"auto"`` switches silently (NOTES.md) and is not used.
+        Resolved to a concrete method and recorded in ``wilcoxon_method``. ``"auto"``
+        (:func:`bnstats.stats.power.wilcoxon_method`): ``"exact"`` when there are no zeros or ties and
+        at most 50 ranked differences; else ``"permutation"`` (exact conditional enumeration of sign
+        flips of the ranks) when ``n <= floor(log2(n_resamples))``; else ``"approx"`` (normal
+        approximation with tie correction). ``"exact"`` with zeros or ties raises. scipy's own
+        ``"auto"`` switches silently (NOTES.md) and is not used.
     zero_method : {"wilcox", "pratt", "zsplit"}
         Handling of zero differences, passed to :func:`scipy.stats.wilcoxon` and recorded. ``"wilcox"``
         (drop zeros) is R's behaviour.
@@ -199,26 +248,39 @@ def paired(
     nan_policy : {"raise", "omit"}
         NaN in either arm raises ``ValueError`` naming the positions, or (``"omit"``) drops the pair;
         ``n_omitted`` records how many.
+    denominator : None, int or array_like of int
+        When given, ``a`` and ``b`` are counts out of ``denominator`` (one value, or one per pair) and
+        the metric is ``count / denominator``. The differences are then computed from the integer
+        differences, ``d = (b - a) / denominator``, so equal count differences give bit-identical
+        ``d`` and ties are exact (from accuracies, +2 and -2 of 1000 examples come out as
+        0.0019999999999998908 and -0.0020000000000000018 and the Wilcoxon ranks split the tie).
 
     Returns
     -------
     PairedResult
         Frozen dataclass; ``.to_dict()`` / ``.to_frame()``. Fields:
 
-        - ``n``, ``n_omitted``: pairs used, pairs dropped for NaN.
+        - ``n``, ``n_omitted``, ``n_nonzero``: pairs used, pairs dropped for NaN, nonzero differences.
+        - ``denominator``: the count denominator (NaN without one, or when it varies across pairs).
         - ``mean_a``, ``mean_b``, ``estimate`` (mean of d), ``sd_diff`` (sd of d, ddof=1).
-        - ``t``, ``df``, ``p_t`` (paired t-test, :func:`scipy.stats.ttest_1samp` on d), ``p`` (= ``p_t``,
-          the primary p), ``ci_low``, ``ci_high`` (t interval), ``confidence_level``, ``alternative``,
-          ``method`` (``"paired t"``).
+        - ``t``, ``df``, ``p_t`` (paired t-test, :func:`scipy.stats.ttest_1samp` on d), ``ci_low``,
+          ``ci_high`` (t interval), ``confidence_level``, ``alternative``.
+        - ``p``: the primary p-value, from the test named in ``method``: ``"paired t"`` (``p = p_t``),
+          or ``"sign-flip (exact)"`` / ``"sign-flip (monte carlo)"`` (``p = p_signflip``) when every
+          difference is equal (see Notes). Multiplicity adjustment (``compare``'s ``p_adj``) uses ``p``.
         - ``boot_ci_low``, ``boot_ci_high``: BCa interval of the mean difference
           (:func:`scipy.stats.bootstrap` on d), ``boot_method``, ``n_resamples``.
         - ``p_wilcoxon``, ``wilcoxon_method`` (resolved), ``zero_method``, ``wilcoxon_correction``,
-          ``min_p_wilcoxon`` (smallest p attainable at this n).
-        - ``p_signflip``, ``signflip_method`` (``"exact"`` | ``"monte carlo"``), ``min_p_signflip``.
+          ``min_p_wilcoxon`` (smallest p attainable with this method and n).
+        - ``p_signflip``, ``signflip_method`` (``"exact"`` | ``"monte carlo"``), ``min_p_signflip``
+          (smallest p attainable with the nonzero differences: ``2**(1 - n_nonzero)`` two-sided).
         - ``d_z``, ``d_z_ci_low``, ``d_z_ci_high``, ``g_z``, ``effect_size`` (= d_z),
           ``effect_size_name`` (``"d_z"``), ``cles``.
         - ``margin_low``, ``margin_high`` (NaN without margin), ``p_tost``.
-        - ``higher_is_better``, ``verdict``: "better" | "worse" | "equivalent" | "inconclusive".
+        - ``higher_is_better``, ``verdict``: one of :data:`bnstats.stats.VERDICTS`, decided on this
+          comparison alone (a family of one: ``p < alpha``, ``p_tost < alpha``); see
+          :func:`bnstats.stats.decision.verdict`. :func:`bnstats.stats.compare` replaces it with the
+          family's decision.
         - ``caveats``: tuple of str (small n, unreachable alpha, degenerate data, captured warnings).
 
     Raises
@@ -241,16 +303,17 @@ def paired(
     - g_z = J · d_z, J = Γ(df/2) / (√(df/2) Γ((df−1)/2)) (Hedges 1981).
     - cles = P(d > 0) + ½ P(d = 0) over the observed pairs (common-language effect size for paired
       data; McGraw & Wong 1992, paired form).
-    - Sign-flip: permutation test of the mean of d under random signs
-      (:func:`scipy.stats.permutation_test`, ``permutation_type="samples"``).
+    - Sign-flip: permutation test of the mean of the nonzero d under random signs (:func:`signflip`).
     - TOST: ``p_tost = max(p_lower, p_upper)`` of the two one-sided paired t-tests against the margin
-      (:func:`statsmodels.stats.weightstats.ttost_paired`); "equivalent" when ``p_tost < α``
-      (i.e. the 1 − 2α t interval lies inside the margin; Schuirmann 1987).
-    - verdict: with a margin, "equivalent" if ``p_tost < α``; otherwise "better"/"worse" when the t
-      interval excludes 0 (by the sign of the estimate and ``higher_is_better``), else "inconclusive".
-    - All differences equal (s_d = 0): the estimate is exact, both intervals collapse to it (one-sided:
-      one infinite end), t = ±inf (NaN if d ≡ 0) with p_t 0 or 1, d_z and g_z are ±inf/NaN with NaN
-      interval; a caveat says so. No scipy warning escapes: warnings are recorded in ``caveats``.
+      (t-tests of d against ``margin_low``, "greater", and ``margin_high``, "less"; R's
+      ``t.test(mu=)``); equivalence when ``p_tost < α`` (i.e. the 1 − 2α t interval lies inside the
+      margin; Schuirmann 1987).
+    - **All differences equal** (s_d = 0, e.g. every seed gains the same number of test examples):
+      the estimate is exact but the t-test, its interval, BCa, d_z, g_z and their intervals are
+      undefined and are NaN (never p = 0 or a zero-width interval). ``p`` is the exact sign-flip p
+      (two-sided ``2**(1 - n)`` at best: 0.5 at n = 2), ``method`` says so, ``p_tost`` is the larger
+      of the two one-sided sign-flip p-values against the margin, and a caveat explains it.
+    - No scipy warning escapes: warnings are recorded in ``caveats``.
 
     References
     ----------
@@ -264,6 +327,7 @@ def paired(
     McGraw, K. O., Wong, S. P. (1992). A common language effect size statistic. *Psychol. Bull.* 111(2).
     Efron, B. (1987). Better bootstrap confidence intervals. *JASA* 82(397), 171–185.
     Wilcoxon, F. (1945). Individual comparisons by ranking methods. *Biometrics Bulletin* 1(6), 80–83.
+    Good, P. (2005). *Permutation, Parametric, and Bootstrap Tests of Hypotheses*, 3rd ed., Springer.
     Schuirmann, D. J. (1987). A comparison of the two one-sided tests procedure. *J. Pharmacokin.
     Biopharm.* 15(6), 657–680.
     """
@@ -275,55 +339,78 @@ def paired(
     v.choice("wilcoxon_method", wilcoxon_method, v.WILCOXON_METHODS)
     v.choice("zero_method", zero_method, v.ZERO_METHODS)
     corr = v.boolean("wilcoxon_correction", wilcoxon_correction)
-    a, b, n_omitted = v.pair_of_vectors(a, b, nan_policy=nan_policy)
+    den = _counts("denominator", denominator, np.size(a))
+    a_all, b_all = v.vector("a", a), v.vector("b", b)
+    a, b, n_omitted = v.pair_of_vectors(a_all, b_all, nan_policy=nan_policy)
+    if den is not None:
+        if a_all.shape == b_all.shape:
+            den = den[~(np.isnan(a_all) | np.isnan(b_all))]
+        for name, x in (("a", a), ("b", b)):
+            if not (np.all(x == np.round(x)) and np.all(x >= 0) and np.all(x <= den)):
+                raise ValueError(f"with denominator, {name} must hold counts: whole numbers in [0, denominator]; got {x.tolist()}")
     gen = make_rng(rng)
-    rng_boot, rng_flip, rng_wil = gen.spawn(3)
+    rng_boot, rng_flip, rng_wil, rng_tost = gen.spawn(4)
 
     alpha = 1 - cl
     caveats: list[str] = []
     if n_omitted:
         caveats.append(f"{n_omitted} pair(s) with NaN omitted (nan_policy='omit')")
-    d = b - a
+    if den is None:
+        d = b - a
+        mean_a, mean_b, denom = float(np.mean(a)), float(np.mean(b)), math.nan
+    else:
+        # Integer differences first (exact in float64 below 2**53), one division each: equal count
+        # differences give bit-identical d, so ties stay ties.
+        d = (b - a) / den
+        mean_a, mean_b = float(np.mean(a / den)), float(np.mean(b / den))
+        denom = float(den[0]) if np.all(den == den[0]) else math.nan
     n = int(d.size)
-    est = float(np.mean(d))
-    sd = float(np.std(d, ddof=1))
+    n_zero = int((d == 0).sum())
+    nan = math.nan
     degenerate = bool(np.all(d == d[0]))
-    if degenerate:
-        est = float(d[0])
-        sd = 0.0
+    est = float(d[0]) if degenerate else float(np.mean(d))
+    sd = 0.0 if degenerate else float(np.std(d, ddof=1))
     df = float(n - 1)
-    inf = math.inf
+
+    # --- sign-flip (the primary test when every difference is equal) ----------------------------
+    p_flip, flip_method = capture(
+        lambda: signflip(d, alternative=alternative, n_resamples=n_resamples, rng=rng_flip), caveats, "sign-flip")
+    min_p_flip = min_p(max(n - n_zero, 1), test="signflip", alternative=alternative, n_resamples=n_resamples)
+    if n - n_zero == 0:
+        min_p_flip = 1.0
+    if min_p_flip >= alpha:
+        caveats.append(
+            f"sign-flip ({flip_method}) cannot reach p < {alpha:g} with {n - n_zero} nonzero difference(s) of {n}: "
+            f"smallest attainable p = {min_p_flip:g}"
+        )
 
     # --- paired t ------------------------------------------------------------------------------
     if degenerate:
         caveats.append(
-            f"all {n} differences equal {est!r}: sd_diff = 0, intervals are degenerate, t and d_z undefined or infinite"
+            f"all {n} differences equal {est!r}: sd_diff = 0, so the t test, its interval, BCa and d_z are "
+            f"undefined (NaN), and p and the verdict come from the exact sign-flip test (p = {p_flip:g})"
         )
-        if est == 0:
-            t_stat, p_t = float("nan"), 1.0
-        else:
-            t_stat = math.copysign(inf, est)
-            p_t = {"two-sided": 0.0, "greater": 0.0 if est > 0 else 1.0, "less": 0.0 if est < 0 else 1.0}[alternative]
-        ci_low = est if alternative in ("two-sided", "greater") else -inf
-        ci_high = est if alternative in ("two-sided", "less") else inf
+        t_stat = p_t = ci_low = ci_high = nan
+        method, p_primary = f"sign-flip ({flip_method})", p_flip
     else:
         tt = capture(lambda: sps.ttest_1samp(d, 0.0, alternative=alternative), caveats, "t-test")
         ci = tt.confidence_interval(confidence_level=cl)
         t_stat, p_t = float(tt.statistic), float(tt.pvalue)
         ci_low, ci_high = float(ci.low), float(ci.high)
+        method, p_primary = "paired t", p_t
 
     # --- BCa -----------------------------------------------------------------------------------
-    if n < BCA_MIN_N:
+    if n < BCA_MIN_N and not degenerate:
         caveats.append(
-            f"n={n} < {BCA_MIN_N}: the BCa interval under-covers (about 83% at n=5, 90% at n=10 for a nominal 95%); "
+            f"n={n} < {BCA_MIN_N}: the BCa interval under-covers (about 83% at n=5, 90% at n=10 for a nominal 95%), "
             "the paired t interval is primary"
         )
     if degenerate:
-        boot_low, boot_high = ci_low, ci_high
+        boot_low = boot_high = nan
     else:
         bres = capture(
             lambda: sps.bootstrap(
-                (d,), np.mean, n_resamples=n_resamples, vectorized=True, confidence_level=cl,
+                (d,), np.mean, n_resamples=n_resamples, batch=_batch(n), vectorized=True, confidence_level=cl,
                 alternative=alternative, method="BCa", rng=rng_boot,
             ),
             caveats,
@@ -332,19 +419,24 @@ def paired(
         boot_low, boot_high = float(bres.confidence_interval.low), float(bres.confidence_interval.high)
 
     # --- Wilcoxon signed-rank ------------------------------------------------------------------
-    n_zero = int((d == 0).sum())
-    n_w = n - n_zero if zero_method == "wilcox" else n
+    # Under zero_method="wilcox" the zeros are dropped before ranking, so the test (and its permutation
+    # enumeration, 2**n_w patterns) runs on the nonzero differences only.
+    dw = d[d != 0] if zero_method == "wilcox" else d
+    n_w = int(dw.size)
     if n_zero == n:
         w_method, p_w, min_p_w = "none", 1.0, 1.0
-        caveats.append("Wilcoxon: all differences are zero; p_wilcoxon set to 1")
+        caveats.append("Wilcoxon: all differences are zero, p_wilcoxon set to 1")
+    elif n_w == 1:  # one ranked difference: two sign patterns (scipy's permutation test needs two values)
+        w_method, min_p_w = "exact", min_p(1, test="wilcoxon", alternative=alternative)
+        p_w = {"two-sided": 1.0, "greater": 0.5 if dw[0] > 0 else 1.0, "less": 0.5 if dw[0] < 0 else 1.0}[alternative]
     else:
         w_method = _resolve_wilcoxon(wilcoxon_method, d, zero_method, n_resamples)
         if w_method == "permutation":
-            sp_method = sps.PermutationMethod(n_resamples=n_resamples, rng=rng_wil)
+            sp_method = sps.PermutationMethod(n_resamples=n_resamples, batch=_batch(n_w), rng=rng_wil)
         else:
             sp_method = {"exact": "exact", "approx": "asymptotic"}[w_method]
         wres = capture(
-            lambda: sps.wilcoxon(d, zero_method=zero_method, correction=corr, alternative=alternative, method=sp_method),
+            lambda: sps.wilcoxon(dw, zero_method=zero_method, correction=corr, alternative=alternative, method=sp_method),
             caveats,
             "Wilcoxon",
         )
@@ -356,67 +448,45 @@ def paired(
                 n_w, test="wilcoxon", alternative=alternative,
                 n_resamples=n_resamples if w_method == "permutation" else None,
             )
-        if n_zero and zero_method == "wilcox":
-            caveats.append(f"Wilcoxon: {n_zero} zero difference(s) dropped (zero_method='wilcox'); n used = {n_w}")
+    if 0 < n_zero < n and zero_method == "wilcox":
+        caveats.append(f"Wilcoxon: {n_zero} zero difference(s) dropped (zero_method='wilcox'), n used = {n_w}")
     if min_p_w >= alpha:
         caveats.append(
             f"Wilcoxon ({w_method}) cannot reach p < {alpha:g} at n={n_w}: smallest attainable p = {min_p_w:g}"
         )
 
-    # --- sign-flip -----------------------------------------------------------------------------
-    flip_exact = 2.0**n <= n_resamples
-    flip_method = "exact" if flip_exact else "monte carlo"
-    if n_zero == n:
-        p_flip = 1.0
-    else:
-        fres = capture(
-            lambda: sps.permutation_test(
-                (d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples", vectorized=True,
-                n_resamples=n_resamples, alternative=alternative, rng=rng_flip,
-            ),
-            caveats,
-            "sign-flip",
-        )
-        p_flip = float(fres.pvalue)
-    min_p_flip = min_p(n, test="signflip", alternative=alternative, n_resamples=n_resamples)
-    if min_p_flip >= alpha:
-        caveats.append(f"sign-flip ({flip_method}) cannot reach p < {alpha:g} at n={n}: smallest attainable p = {min_p_flip:g}")
-
     # --- effect sizes --------------------------------------------------------------------------
     if degenerate:
-        d_z = float("nan") if est == 0 else math.copysign(inf, est)
-        dz_low = dz_high = float("nan")
-        g_z = d_z
+        d_z = dz_low = dz_high = g_z = nan
     else:
         d_z = est / sd
         dz_low, dz_high = dz_interval(d_z, n, confidence_level=cl, alternative=alternative, caveats=caveats)
-        g_z = _hedges_j(df) * d_z if n >= 3 else float("nan")
+        g_z = _hedges_j(df) * d_z if n >= 3 else nan
         if n < 3:
             caveats.append("g_z undefined at n=2 (J needs df >= 2)")
     cles = float(np.mean(d > 0) + 0.5 * np.mean(d == 0))
 
     # --- TOST ----------------------------------------------------------------------------------
     if mg is None:
-        m_low = m_high = p_tost = float("nan")
+        m_low = m_high = p_tost = nan
     else:
         m_low, m_high = mg
         if degenerate:
-            p_tost = 0.0 if m_low < est < m_high else 1.0
+            r_lo, r_hi = rng_tost.spawn(2)
+            p_lo = signflip(d - m_low, alternative="greater", n_resamples=n_resamples, rng=r_lo)[0]
+            p_hi = signflip(d - m_high, alternative="less", n_resamples=n_resamples, rng=r_hi)[0]
         else:
-            p_tost = float(capture(lambda: ttost_paired(b, a, m_low, m_high)[0], caveats, "TOST"))
+            p_lo = float(capture(lambda: sps.ttest_1samp(d, m_low, alternative="greater").pvalue, caveats, "TOST"))
+            p_hi = float(capture(lambda: sps.ttest_1samp(d, m_high, alternative="less").pvalue, caveats, "TOST"))
+        p_tost = max(p_lo, p_hi)
 
-    # --- verdict -------------------------------------------------------------------------------
-    if mg is not None and p_tost < alpha:
-        verdict = "equivalent"
-    elif ci_low > 0 or ci_high < 0:
-        verdict = "better" if (est > 0) == hib else "worse"
-    else:
-        verdict = "inconclusive"
+    verdict = decide(est, rejected=p_primary < alpha, equivalent=mg is not None and p_tost < alpha,
+                     higher_is_better=hib)
 
     return PairedResult(
-        n=n, n_omitted=n_omitted, mean_a=float(np.mean(a)), mean_b=float(np.mean(b)), estimate=est, sd_diff=sd,
-        t=float(t_stat), df=df, p_t=float(p_t), p=float(p_t), ci_low=float(ci_low), ci_high=float(ci_high),
-        confidence_level=cl, alternative=alternative, method="paired t",
+        n=n, n_omitted=n_omitted, n_nonzero=n - n_zero, denominator=denom, mean_a=mean_a, mean_b=mean_b,
+        estimate=est, sd_diff=sd, t=float(t_stat), df=df, p_t=float(p_t), p=float(p_primary), ci_low=float(ci_low),
+        ci_high=float(ci_high), confidence_level=cl, alternative=alternative, method=method,
         boot_ci_low=boot_low, boot_ci_high=boot_high, boot_method="BCa", n_resamples=n_resamples,
         p_wilcoxon=p_w, wilcoxon_method=w_method, zero_method=zero_method, wilcoxon_correction=corr,
         min_p_wilcoxon=float(min_p_w), p_signflip=p_flip, signflip_method=flip_method,
@@ -427,4 +497,19 @@ def paired(
     )
 
 
-__all__ = ["paired", "PairedResult", "DEFAULT_SEED", "dz_interval"]
+def _resolve_wilcoxon(method: str, d: np.ndarray, zero_method: str, n_resamples: int) -> str:
+    has_zero = bool((d == 0).any())
+    absd = np.abs(d[d != 0]) if zero_method == "wilcox" else np.abs(d)
+    has_ties = absd.size != np.unique(absd).size
+    if method == "exact" and (has_zero or has_ties):
+        raise ValueError(
+            "wilcoxon_method='exact' needs differences without zeros or ties "
+            f"(zeros: {int((d == 0).sum())}, tied |d|: {has_ties}); "
+            "use wilcoxon_method='permutation' (exact conditional test) or 'approx'"
+        )
+    if method != "auto":
+        return method
+    return auto_wilcoxon_method(absd.size, ties=has_zero or has_ties, n_resamples=n_resamples)
+
+
+__all__ = ["paired", "PairedResult", "DEFAULT_SEED", "dz_interval", "signflip"]

@@ -35,8 +35,9 @@ def min_p(n, *, test="signflip", alternative="two-sided", method="exact", correc
     correction : bool
         Continuity correction of the Wilcoxon normal approximation.
     n_resamples : int or None
-        If given and ``2**n > n_resamples``, the test is Monte Carlo with ``n_resamples`` draws
-        (as in :func:`scipy.stats.permutation_test`), whose p cannot go below ``k / (n_resamples + 1)``
+        If given and ``n > log2(n_resamples)`` (i.e. ``2**n > n_resamples``, decided without computing
+        ``2**n``), the test is Monte Carlo with ``n_resamples`` draws (as in
+        :func:`scipy.stats.permutation_test`), whose p cannot go below ``k / (n_resamples + 1)``
         (k = 2 two-sided, 1 one-sided).
 
     Returns
@@ -71,10 +72,63 @@ def min_p(n, *, test="signflip", alternative="two-sided", method="exact", correc
         alt = "less" if alternative == "less" else alternative
         x = -x if alt == "less" else x
         return float(sps.wilcoxon(x, method="asymptotic", correction=correction, alternative=alt).pvalue)
-    floor = min(1.0, k * 2.0 ** (-n))
-    if n_resamples is not None and 2.0**n > n_resamples:
+    # 2**-n underflows to 0.0 beyond n = 1074 (harmless: the Monte Carlo floor then rules); 2.0**n itself
+    # would overflow beyond n = 1023, so the exact-or-Monte-Carlo choice compares n with log2(n_resamples).
+    floor = min(1.0, k * math.ldexp(1.0, -n))
+    if n_resamples is not None and not exact_enumeration(n, n_resamples):
         floor = max(floor, min(1.0, k / (n_resamples + 1)))
     return floor
+
+
+def exact_enumeration(n, n_resamples) -> bool:
+    """Whether all ``2**n`` sign patterns fit in ``n_resamples``: ``n <= floor(log2(n_resamples))``.
+
+    This is the rule of :func:`scipy.stats.permutation_test` (exact when ``n_resamples >= 2**n``),
+    evaluated without forming ``2**n`` (``2.0**n`` overflows beyond n = 1023).
+    """
+    # floor(log2(N)) = N.bit_length() - 1 for an int N >= 1: exact integer arithmetic, no float rounding.
+    return int(n) <= int(n_resamples).bit_length() - 1
+
+
+def wilcoxon_method(n, *, ties, n_resamples) -> str:
+    """The Wilcoxon method that ``wilcoxon_method="auto"`` resolves to (shared by :func:`paired` and planning).
+
+    Parameters
+    ----------
+    n : int
+        Number of differences the test ranks (the nonzero ones under ``zero_method="wilcox"``).
+    ties : bool
+        Whether the differences contain zeros or tied absolute values.
+    n_resamples : int
+        Permutation budget.
+
+    Returns
+    -------
+    str
+        ``"exact"`` without zeros or ties and n <= 50 (the exact null distribution; scipy's own
+        ``"auto"`` uses it up to n = 50 too); else ``"permutation"`` (exact enumeration of the signs of
+        the ranks, conditional on the ties) when ``n <= log2(n_resamples)``; else ``"approx"`` (normal
+        approximation with the tie correction).
+    """
+    if not ties and n <= 50:
+        return "exact"
+    if exact_enumeration(n, n_resamples):
+        return "permutation"
+    return "approx"
+
+
+def min_p_wilcoxon(n, *, ties=False, alternative="two-sided", n_resamples=9999, correction=False):
+    """Smallest p the Wilcoxon test of :func:`bnstats.stats.paired` can return with ``n`` ranked differences.
+
+    Resolves the method as ``wilcoxon_method="auto"`` does (:func:`wilcoxon_method`) and returns the
+    floor of that method: ``2**(1-n)`` (two-sided) for the exact and the permutation test, the p of the
+    most extreme data under the normal approximation otherwise. Planning uses ``ties=False``: the
+    floor of a sample without ties (ties can only raise it).
+    """
+    method = wilcoxon_method(n, ties=ties, n_resamples=n_resamples)
+    if method == "approx":
+        return min_p(n, test="wilcoxon", alternative=alternative, method="approx", correction=correction)
+    return min_p(n, test="wilcoxon", alternative=alternative)
 
 
 def _alpha_one_tail(alpha, alternative):
@@ -89,7 +143,9 @@ def seeds_needed(sd_diff, effect, *, power=0.8, alpha=0.05, alternative="two-sid
     sd_diff : float
         Standard deviation of the paired differences (e.g. from a pilot), > 0.
     effect : float
-        Mean difference to detect, in the metric's units; its sign is taken to be the tested direction.
+        Mean difference to detect, in the metric's units. With a one-sided ``alternative`` its sign must
+        be the direction that alternative detects (``"greater"``: > 0, ``"less"``: < 0); an effect the
+        test cannot detect raises ``ValueError`` naming both. Two-sided: only ``|effect|`` matters.
     power : float
         Target power, in (0, 1).
     alpha : float
@@ -120,6 +176,7 @@ def seeds_needed(sd_diff, effect, *, power=0.8, alpha=0.05, alternative="two-sid
     pw = v.probability("power", power)
     a = v.probability("alpha", alpha)
     v.choice("alternative", alternative, v.ALTERNATIVES)
+    check_direction(eff, alternative)
     es = abs(eff) / sd
     a1 = _alpha_one_tail(a, alternative)
     tp = TTestPower()
@@ -136,6 +193,55 @@ def seeds_needed(sd_diff, effect, *, power=0.8, alpha=0.05, alternative="two-sid
             raise ValueError(f"effect={effect!r} is too small relative to sd_diff={sd_diff!r}: more than 1e9 seeds needed")
     n = optimize.brentq(gap, 2.0, hi, xtol=1e-10, rtol=1e-12)
     return int(math.ceil(n - 1e-9))
+
+
+def check_direction(effect: float, alternative: str) -> None:
+    """A one-sided test detects effects on one side only: refuse an effect on the other side."""
+    if (alternative == "greater" and effect < 0) or (alternative == "less" and effect > 0):
+        side = "> 0" if alternative == "greater" else "< 0"
+        raise ValueError(
+            f"effect={effect!r} lies on the side alternative={alternative!r} cannot detect (it detects effect {side}); "
+            f"flip the sign of effect, or use alternative={'less' if alternative == 'greater' else 'greater'!r} "
+            "or 'two-sided'"
+        )
+
+
+def sd_interval(sd_diff, n, *, confidence_level=0.95):
+    """Confidence interval for the standard deviation of the differences from a pilot of ``n`` pairs.
+
+    Parameters
+    ----------
+    sd_diff : float
+        Sample standard deviation (ddof=1) of the pilot's differences, >= 0.
+    n : int
+        Pilot size, >= 2.
+    confidence_level : float
+
+    Returns
+    -------
+    (float, float)
+        ``(low, high)``.
+
+    Notes
+    -----
+    Under normality ``(n-1) s² / σ² ~ χ²_{n-1}``, so the interval is
+    ``s √((n-1)/χ²_{1-α/2, n-1})`` to ``s √((n-1)/χ²_{α/2, n-1})``. With 3 pilot seeds and 95% the
+    upper end is 4.4 s, which multiplies the seeds needed by about 20: a small pilot plans little.
+
+    References
+    ----------
+    Mood, A. M., Graybill, F. A., Boes, D. C. (1974). *Introduction to the Theory of Statistics*, 3rd ed.,
+    §VIII.4.3 (interval for σ). Browne, R. H. (1995). *Stat. Med.* 14(17), 1933–1940.
+    """
+    n = v.integer("n", n, minimum=2)
+    cl = v.probability("confidence_level", confidence_level)
+    if isinstance(sd_diff, bool) or not np.isfinite(sd_diff) or sd_diff < 0:
+        raise ValueError(f"sd_diff must be a finite number >= 0; got {sd_diff!r}")
+    a = 1 - cl
+    df = n - 1
+    low = float(sd_diff) * math.sqrt(df / sps.chi2.ppf(1 - a / 2, df))
+    high = float(sd_diff) * math.sqrt(df / sps.chi2.ppf(a / 2, df))
+    return low, high
 
 
 def halfwidth_at(n, sd_diff, *, confidence_level=0.95):

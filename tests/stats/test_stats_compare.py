@@ -14,7 +14,9 @@ def test_one_row_per_cell_and_arm(runs):
     out = stats.compare(runs, n_resamples=999)
     assert len(out) == 2 * 2 * 2  # arch x activation x {after, none}
     expected = ["dataset", "arch", "activation", "factor", "metric", "arm", "baseline", *PAIRED_KEYS,
-                "n_dropped", "n_diverged", "p_adj", "p_adjust_method"]
+                "n_dropped", "n_diverged", "p_adj", "p_adjust_method", "differences", "family_size", "p_tost_adj",
+                "ci_low_simultaneous", "ci_high_simultaneous", "simultaneous_method", "ci_low_decision",
+                "ci_high_decision", "decision_interval_method"]
     assert list(out.columns) == expected
     assert set(out["arm"]) == {"after", "none"} and (out["baseline"] == "before").all()
     num = out[["estimate", "ci_low", "ci_high", "p_t", "p_adj", "d_z", "boot_ci_low", "p_wilcoxon", "p_signflip"]]
@@ -30,10 +32,11 @@ def test_one_row_per_cell_and_arm(runs):
 
 def test_holm_applied_across_family(runs):
     out = stats.compare(runs, n_resamples=999)
-    np.testing.assert_array_equal(out.p_adj, stats.adjust(out.p_t.to_numpy(), "holm"))
-    assert (out.p_adjust_method == "holm").all()
+    assert (out.p == out.p_t).all() and (out.method == "paired t").all()  # no degenerate row here
+    np.testing.assert_array_equal(out.p_adj, stats.adjust(out.p.to_numpy(), "holm"))
+    assert (out.p_adjust_method == "holm").all() and (out.family_size == 8).all()
     bh = stats.compare(runs, n_resamples=999, p_adjust="bh")
-    np.testing.assert_array_equal(bh.p_adj, stats.adjust(out.p_t.to_numpy(), "bh"))
+    np.testing.assert_array_equal(bh.p_adj, stats.adjust(out.p.to_numpy(), "bh"))
 
 
 def test_missing_pair_names_the_seeds(runs):
@@ -78,13 +81,24 @@ def test_diverged_policy(runs):
     out = stats.compare(r, n_resamples=999)
     assert (out.loc[out.arm == "after", "n_diverged"] == 1).all()
     assert out.loc[out.arm == "after", "caveats"].str.contains("diverged").all()
+    assert out.loc[out.arm == "after", "caveats"].map(stats.caveat_list).map(
+        lambda c: "1 pair(s) include a diverged run (diverged='keep'): 1 kept with test_acc as recorded" in c).all()
+    # a diverged run without a metric (NaN, as training records it) cannot be kept: its pair is dropped
+    # under "keep" too, whatever nan_policy says, and the caveat says exactly that
     r.loc[hit, "test_acc"] = np.nan
-    with pytest.raises(ValueError, match=r"NaN for seed \[2\] \(diverged"):
-        stats.compare(r, n_resamples=999)
-    out = stats.compare(r, n_resamples=999, nan_policy="omit")
-    assert (out.loc[out.arm == "after", "n"] == 9).all()
+    for policy in ("raise", "omit"):
+        out = stats.compare(r, n_resamples=999, nan_policy=policy)
+        after = out[out.arm == "after"]
+        assert (after.n == 9).all() and (after.n_diverged == 1).all()
+        assert after.caveats.map(stats.caveat_list).map(
+            lambda c: "1 pair(s) include a diverged run (diverged='keep'): 1 dropped because the diverged run has no "
+                      "test_acc (NaN)" in c).all()
     out = stats.compare(r, n_resamples=999, diverged="drop_pair")
     assert (out.loc[out.arm == "after", "n"] == 9).all()
+    # a NaN metric of a run that did not diverge is still an error unless nan_policy="omit"
+    r.loc[hit, "diverged"] = False
+    with pytest.raises(ValueError, match=r"NaN for seed \[2\]; pass nan_policy='omit'"):
+        stats.compare(r, n_resamples=999)
 
 
 def test_loss_metric_lower_is_better(runs):

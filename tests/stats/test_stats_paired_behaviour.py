@@ -15,23 +15,32 @@ FAST = {"n_resamples": 199}
 
 
 def test_all_differences_equal_no_warning():
+    # Every seed gains the same amount: no p of 0 and no zero-width interval (the t outputs are undefined),
+    # p and the verdict come from the exact sign-flip test, `method` says so. Old code: p_t = 0, "better".
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         r = stats.paired([0.9, 0.91, 0.92, 0.93], [0.9125, 0.9225, 0.9325, 0.9425])
     assert r.estimate == 0.9125 - 0.9 and r.sd_diff == 0.0
-    assert r.ci_low == r.ci_high == r.estimate == r.boot_ci_low == r.boot_ci_high
-    assert any("all 4 differences equal" in c for c in r.caveats)
+    for k in ("t", "p_t", "ci_low", "ci_high", "boot_ci_low", "boot_ci_high", "d_z", "d_z_ci_low", "d_z_ci_high", "g_z"):
+        assert math.isnan(getattr(r, k)), k
+    assert r.method == "sign-flip (exact)" and r.p == r.p_signflip == 0.125 and r.pvalue == r.p
+    assert r.verdict == "inconclusive"
+    assert any("all 4 differences equal" in c and "exact sign-flip" in c for c in r.caveats)
     z = stats.paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
-    assert z.estimate == 0 and z.p_t == 1.0 and z.p_wilcoxon == 1.0 and z.p_signflip == 1.0
-    assert z.verdict == "inconclusive"
-    assert stats.paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], margin=0.1).verdict == "equivalent"
+    assert z.estimate == 0 and z.p == 1.0 and z.p_wilcoxon == 1.0 and z.p_signflip == 1.0
+    assert z.verdict == "inconclusive" and math.isnan(z.p_t)
+    # exact TOST from the sign-flip: 3 identical seeds cannot show equivalence (floor 2**-3 = 0.125) ...
+    assert stats.paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], margin=0.1).p_tost == 0.125
+    # ... 6 can (2**-6 = 0.015625)
+    six = stats.paired(np.arange(6.0), np.arange(6.0), margin=0.1)
+    assert six.p_tost == 0.015625 and six.verdict == "equivalent"
 
 
 def test_small_n_caveats():
     r = stats.paired([1.0, 2, 3, 4, 5], [1.3, 2.1, 3.6, 4.2, 5.5])
     text = " | ".join(r.caveats)
     assert "BCa interval under-covers" in text
-    assert "sign-flip (exact) cannot reach p < 0.05 at n=5: smallest attainable p = 0.0625" in text
+    assert "sign-flip (exact) cannot reach p < 0.05 with 5 nonzero difference(s) of 5: smallest attainable p = 0.0625" in text
     assert "Wilcoxon (exact) cannot reach p < 0.05" in text
     assert r.min_p_signflip == 0.0625 and r.p_signflip == 0.0625
 
@@ -72,6 +81,7 @@ def test_frames_are_flat_and_names_fixed():
     r = stats.paired([1.0, 2, 3, 4], [1.5, 2.2, 3.9, 4.1], **FAST)
     f = r.to_frame()
     assert f.shape[0] == 1 and isinstance(f.loc[0, "caveats"], str)
+    assert stats.caveat_list(f.loc[0, "caveats"]) == list(r.caveats) == stats.caveat_list(r.caveats)
     r2 = stats.paired([1.0, 2, 3, 4], [1.5, 2.2, 3.9, 4.1], confidence_level=0.8, margin=0.3, **FAST)
     assert list(r2.to_frame().columns) == list(f.columns)
     assert isinstance(r.to_dict()["caveats"], tuple)
@@ -145,3 +155,22 @@ def test_global_rng_state_is_irrelevant(ab, seed):
     np.random.random(10)  # noqa: NPY002
     s = stats.paired(a, b, **FAST).to_frame()
     assert r.equals(s)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-4, 4), min_size=1, max_size=11), st.sampled_from(["two-sided", "less", "greater"]),
+       st.sampled_from([9999, 99]))
+def test_signflip_equals_scipy_permutation_test(x, alternative, n_resamples):
+    # bnstats' vectorised sign-flip (scipy's loops in Python: ~40 s at 10^4 seeds) gives scipy's exact
+    # p-values, ties and tolerance included; Monte Carlo draws differ, so only exact cases are compared.
+    from scipy import stats as sps
+
+    from bnstats.stats.paired import signflip
+
+    x = np.array(x, dtype=float) / 8
+    nz = x[x != 0]
+    p, method = signflip(x, alternative=alternative, n_resamples=n_resamples, rng=0)
+    assume(method == "exact" and nz.size >= 2)
+    ref = sps.permutation_test((nz,), lambda y, axis: np.mean(y, axis=axis), permutation_type="samples",
+                               vectorized=True, n_resamples=n_resamples, alternative=alternative).pvalue
+    assert p == ref

@@ -115,6 +115,22 @@ def test_adjust_equals_p_adjust(method, expected):
 
 
 @pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        # pv <- c(0.02, 0.02, 0.01, 0.04, 0.04, 0.5, 0.001); p.adjust(pv, "holm")   (tied p-values)
+        ("holm", [0.1, 0.1, 0.06, 0.12, 0.12, 0.5, 0.007]),
+        # p.adjust(pv, "BH")
+        ("bh", [0.035, 0.035, 0.035, 0.0466666666666666688, 0.0466666666666666688, 0.5, 0.007]),
+        # p.adjust(pv, "bonferroni")
+        ("bonferroni", [0.14, 0.14, 0.07, 0.28, 0.28, 1.0, 0.007]),
+    ],
+)
+def test_adjust_with_ties_equals_p_adjust(method, expected):
+    pv = [0.02, 0.02, 0.01, 0.04, 0.04, 0.5, 0.001]
+    np.testing.assert_allclose(stats.adjust(pv, method=method), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize(
     ("sd", "effect", "kw", "r_n"),
     [
         # power.t.test(delta=0.002, sd=0.003, power=0.8, type="paired")$n
@@ -131,7 +147,12 @@ def test_adjust_equals_p_adjust(method, expected):
 )
 def test_seeds_needed_equals_power_t_test(sd, effect, kw, r_n):
     assert stats.seeds_needed(sd, effect, **kw) == math.ceil(r_n)
-    assert stats.seeds_needed(sd, -effect, **kw) == math.ceil(r_n)
+    if kw.get("alternative", "two-sided") == "two-sided":
+        assert stats.seeds_needed(sd, -effect, **kw) == math.ceil(r_n)
+    else:  # a one-sided test cannot detect an effect on its other side (old code planned it anyway)
+        with pytest.raises(ValueError, match=r"effect=-0.3 lies on the side alternative='greater' cannot detect"):
+            stats.seeds_needed(sd, -effect, **kw)
+        assert stats.seeds_needed(sd, -effect, **{**kw, "alternative": "less"}) == math.ceil(r_n)
 
 
 def test_tost_from_two_one_sided_t_tests():
@@ -144,7 +165,8 @@ def test_tost_from_two_one_sided_t_tests():
     # same with (b, a), m <- 0.01 -> 1.99488621251918e-07, 1.00898542305525e-05, max 1.00898542305525e-05
     r = stats.paired(A, B, margin=0.01)
     assert r.p_tost == pytest.approx(1.00898542305525e-05, rel=1e-9)
-    assert r.verdict == "equivalent"
+    # p_t = 0.0166 < 0.05 too: different from 0 *and* within the margin (old label: "equivalent")
+    assert r.verdict == "better, within margin"
     assert (r.margin_low, r.margin_high) == (-0.01, 0.01)
 
 
@@ -239,3 +261,15 @@ def test_min_p_textbook_values():
     assert sps.wilcoxon(np.arange(1.0, 7.0), method="exact").pvalue == pytest.approx(stats.min_p(6, test="wilcoxon"))
     approx = stats.min_p(5, test="wilcoxon", method="approx")
     assert approx == pytest.approx(sps.wilcoxon(np.arange(1.0, 6.0), method="asymptotic").pvalue)
+
+
+def test_exact_signflip_by_enumeration():
+    # d <- c(0.3, -0.1, 0.5, 0.2, 0.4, -0.05, 0.25)
+    # s <- as.matrix(expand.grid(rep(list(c(-1,1)), length(d)))); null <- s %*% d; obs <- sum(d)
+    # mean(null >= obs - 1e-12) -> 0.03125 ; 2*min(mean(null >= obs - 1e-12), mean(null <= obs + 1e-12)) -> 0.0625
+    from bnstats.stats.paired import signflip
+
+    d = np.array([0.3, -0.1, 0.5, 0.2, 0.4, -0.05, 0.25])
+    assert signflip(d, alternative="greater", n_resamples=9999, rng=0) == (0.03125, "exact")
+    assert signflip(d, alternative="two-sided", n_resamples=9999, rng=0) == (0.0625, "exact")
+    assert stats.paired(np.zeros(7), d).p_signflip == 0.0625
