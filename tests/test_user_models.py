@@ -159,7 +159,7 @@ def test_a_sweep_over_a_user_factory_and_npz_stores_every_run_paired_with_moment
     res = store.load(out)
     runs = res.runs
     assert len(runs) == 6 and runs["run_id"].is_unique
-    for seed, group in runs.groupby("seed"):
+    for _seed, group in runs.groupby("seed"):
         assert set(group["placement"]) == {"before", "after", "none"}
         assert group["init_hash"].nunique() == 1 and group["order_hash"].nunique() == 1
     assert runs.groupby("seed")["init_hash"].first().nunique() == 2  # seeds differ
