@@ -252,13 +252,31 @@ def preflight(config: SweepConfig, out: str | Path, *, workers: int | None = Non
         tried.add(repr(run.model))
         try:  # fork_rng: building may draw default initial weights from torch's global generator
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                models.create(run.model, run.seed, ds.input_shape, ds.num_classes).model(x)
+                model = models.create(run.model, run.seed, ds.input_shape, ds.num_classes).model
+                model(x)
+                paired = _has_pair(model, x) if run.model.is_factory and "placement" in run.factors else True
+        except ConfigError as exc:  # a user's factory that cannot be had or called: it names the key
+            raise ConfigError(f"{exc} ({arm})") from None
         except Exception as exc:  # whatever a model (a user's too) raises: it would fail every run
             text = " ".join(str(exc).split()) or type(exc).__name__
             key = m.group(1) if (m := re.match(r"((?:model|grid)\.\w+):", text)) else "model"
             raise ConfigError(f"{key}: {arm} does not run on {config.dataset!r} inputs of shape "
                               f"{tuple(ds.input_shape)}: {type(exc).__name__}: {text}") from None
+        if not paired and run.model.placement != "none":
+            raise ConfigError(f"model.arch: {run.model.arch} builds a model with no norm→activation pair ({arm}); "
+                              "sweeping placement compares where a norm sits next to an activation")
     return ds
+
+
+def _has_pair(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model has a layer with both a norm and an activation (``moments.find_sites``)."""
+    from . import moments
+
+    sites = moments.find_sites(model, example=lambda: model(x))
+    kinds: dict[int, set[str]] = {}
+    for layer, kind in sites.layers.values():
+        kinds.setdefault(layer, set()).add(kind)
+    return any(k == {"norm", "act"} for k in kinds.values())
 
 
 def _n_runs(config: SweepConfig) -> int:
@@ -268,9 +286,13 @@ def _n_runs(config: SweepConfig) -> int:
 def _arm_text(run: RunConfig) -> str:
     """``arm arch='cnn', placement='before' (model.kernel_size=43)``: its factors and the model keys set."""
     factors = ", ".join(f"{k}={v!r}" for k, v in run.factor_values().items())
-    base = dataclasses.asdict(type(run.model)())
-    mine = dataclasses.asdict(run.model)
-    set_keys = ", ".join(f"model.{k}={v!r}" for k, v in mine.items() if v != base[k] and k not in run.factors)
+    mine = run.model.to_toml()
+    if run.model.is_factory:  # its spec and every option it is called with
+        shown = {k: v for k, v in mine.items() if k != "placement" and (k, v) != ("place", "off")}
+    else:  # the keys set away from their defaults
+        base = type(run.model)().to_toml()
+        shown = {k: v for k, v in mine.items() if v != base[k]}
+    set_keys = ", ".join(f"model.{k}={v!r}" for k, v in shown.items() if k not in run.factors)
     return f"arm {factors or '(no grid)'}" + (f" ({set_keys})" if set_keys else "")
 
 

@@ -377,3 +377,35 @@ def test_val_split_records_val_metrics_and_keeps_run_ids_of_sweeps_without_it(da
     assert out.run["n_val"] == 399 and 0 <= out.run["val_acc"] <= 1
     assert out.run["val_correct"] == round(out.run["val_acc"] * 399)
     assert [c["epoch"] for c in out.curves] == [1] and not math.isnan(out.curves[0]["val_loss"])
+
+
+@pytest.mark.parametrize("model, message", [
+    ('arch = "zoo.py:broken"', "model.arch: zoo.py:broken(in_shape=(3, 8, 8), num_classes=3) raised RuntimeError: "
+                               "my factory is broken"),
+    ('arch = "zoo.py:not_a_model"', "model.arch: zoo.py:not_a_model returned a str, not a torch.nn.Module"),
+    ('arch = "zoo.py:no_pair"\nplace = "auto"', "no norm"),
+    ('arch = "zoo.py:placed"\nwidth = -1', "model.arch: zoo.py:placed(width=-1, in_shape=(3, 8, 8), num_classes=3, "
+                                         "placement='before') raised RuntimeError: Trying to create tensor with negative "
+                                         "dimension -1: [-1, 192] (arm placement='before' (model.arch='zoo.py:placed', "
+                                         "model.width=-1))"),
+])
+def test_a_factory_that_fails_to_build_is_refused_before_anything_is_written(project, capsys, model, message):
+    toml = sweep_toml(project, model=model)
+    assert cli.main(["sweep", str(toml), "--out", str(project / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (project / "out").exists()
+
+
+def test_a_factory_model_without_a_pair_is_refused_when_placement_is_swept(project, capsys):
+    (project / "flat.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def make(in_shape, num_classes, placement="before"):
+            norm = nn.BatchNorm1d(16) if placement != "none" else nn.Identity()
+            return nn.Sequential(nn.Flatten(), nn.Linear(192, 16), norm, nn.Linear(16, num_classes))
+        """))
+    toml = sweep_toml(project, model='arch = "flat.py:make"')
+    assert cli.main(["sweep", str(toml), "--out", str(project / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.arch: flat.py:make builds a model with no norm→activation pair" in err and "\n" not in err
+    assert not (project / "out").exists()
