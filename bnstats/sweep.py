@@ -105,7 +105,8 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
 
     Returns one status dict per run: ``{"run_id", "status": "trained"|"skipped"|"failed", ...}``; a
     trained run's also carries ``seconds`` (this process's time for it, from claim to stored and logged:
-    what the launcher's ETA learns from), ``cold`` (the first run of this process) and ``sink_errors`` (``{sink: error}``, usually empty).
+    what the launcher's ETA learns from), ``cold`` (the first run of this process) and ``sink_errors``
+    (``{sink: error}``, usually empty).
     A run that raises is recorded in the store as failed and the task goes on with the next run.
     Each stored run is then fed to the task's ``[log]`` sinks (:mod:`bnstats.sinks`); a sink that fails
     is reported in the status and fed no further runs of this task, and the run stays stored.
@@ -535,7 +536,7 @@ class CostPrior:
 
 
 #: Measured per-run cost on CPU, seconds per epoch of one run (1 torch thread, the arch's default width
-#: and depth, moments every 10 steps): ``bnstats.bench``'s ``single`` case, benchmarks/cpu-mnist1d.json
+#: and depth, moments every 10 steps): the ``single`` case of benchmarks/bench_cpu.py, benchmarks/cpu-mnist1d.json
 #: (2-core VM, 2026-11-27: mlp 65.3 and cnn 284.1 s per 1000 run-epochs). A machine shared with other
 #: jobs took 3-4x longer (the reference study's own wall times: mlp 0.27, cnn 0.95 s per epoch).
 BENCHMARK_S_PER_EPOCH = {("mnist1d", "mlp"): 0.0653, ("mnist1d", "cnn"): 0.2841}
@@ -986,7 +987,7 @@ def dry_run(config: SweepConfig, out: str | Path, *, workers: int | None = None,
     stacked = stacks(config, resolved)
     tasks: list[list[RunConfig]]
     if stacked:
-        from .engine import stacks_of
+        from .train import stacks_of
 
         tasks = [list(t) for t in stacks_of(todo, config.engine.max_stack)]
     else:

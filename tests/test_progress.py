@@ -243,3 +243,5 @@ def test_dry_run_warns_about_a_folder_of_another_config_and_an_unmeasured_arch(t
     vgg = sweep.dry_run(config.load(cfg, overrides=["grid.arch=['vgg']", 'dataset="cifar10"']), tmp_path / "v",
                         device="cpu")
     assert vgg.estimate_s is None and "no measured cost for vgg on cifar10" in vgg.text()
+    stacked = sweep.dry_run(config.load(cfg, overrides=["engine.stack='on'"]), tmp_path / "s", device="cpu")
+    assert "seeds of an arm stacked (fp32), 6 tasks" in stacked.text()  # one task per arm
