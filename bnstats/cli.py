@@ -58,7 +58,7 @@ def _sweep_result(cfg, out: Path, summary) -> None:
     print()
     if choice is None:
         print("No headline: the grid has no factor with two levels to compare.")
-    elif not summary.ok or summary.running_elsewhere:
+    elif summary.missing or summary.running_elsewhere:
         print(f"No headline yet: {summary.missing + summary.running_elsewhere} runs are not stored; once they are, "
               f"`bnstats compare {out}` prints it.")
     else:

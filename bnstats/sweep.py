@@ -6,6 +6,11 @@ pool, submitit (Slurm job arrays), or anything with ``submit(fn, task) -> future
 see :mod:`bnstats.launch`. Each task trains its runs and commits each to the store itself, so results
 survive whatever happens to the launcher, and a run that raises is recorded as failed without stopping
 the others. A worker or job that dies leaves its runs missing: the next launch trains them.
+
+While tasks run, :class:`Progress` shows runs done / running / failed, elapsed time and an ETA
+(:class:`Eta`: a model of the pool fed with each arch's measured run times). Each stored run is also fed
+to the ``[log]`` sinks (:mod:`bnstats.sinks`) by the worker that stored it. :func:`dry_run` says what a
+launch would train, where and for how long, writing nothing.
 """
 
 from __future__ import annotations
@@ -463,7 +468,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
                     msg = ("a worker process died unexpectedly (killed, or out of memory?) and the local "
                            f"pool stopped ({exc}); the unfinished runs train on the next launch")
                     summary.errors.append(msg)
-                    log(msg)
+                    bar.note(msg)
                 bar.task_lost(index)
                 continue
             except Exception as exc:  # the task's process died or the job failed: its runs stay missing
@@ -471,7 +476,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
                        "its unfinished runs train on the next launch")
                 summary.errors.append(msg)
-                log(msg)
+                bar.note(msg)
                 bar.task_lost(index)
                 continue
             for s in statuses:
@@ -479,14 +484,14 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
                     summary.trained += 1
                 elif s["status"] == "failed":
                     summary.failed.append((s["run_id"], s["error"]))
-                    log(f"run {s['run_id']} failed: {s['error']}")
+                    bar.note(f"run {s['run_id']} failed: {s['error']}")
                 else:
                     summary.skipped += 1
                 for sink, err in (s.get("sink_errors") or {}).items():
                     if sink not in summary.sink_errors:  # each sink's first error, once
                         summary.sink_errors[sink] = err
-                        log(f"log.{sink}: {err}; the run is stored, and this sink is fed no further runs of that "
-                            "task (the store stays complete: bnstats compare / report read it)")
+                        bar.note(f"log.{sink}: {err}; the run is stored, and this sink is fed no further runs of "
+                                 "that task (the store stays complete: bnstats compare / report read it)")
             bar.task_done(index, statuses)
     except KeyboardInterrupt:
         if is_submitit(executor):
@@ -762,8 +767,9 @@ class Progress:
         if self.tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, file=self.stream, desc="runs", leave=True, dynamic_ncols=True,
-                             bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}", mininterval=0)
+            # the counts and times go in {desc} (tqdm prefixes a postfix with ", ")
+            self._bar = tqdm(total=self.total, file=self.stream, leave=True, dynamic_ncols=True,
+                             bar_format="runs {percentage:3.0f}%|{bar}| {desc}", mininterval=0)
             self._draw()
             threading.Thread(target=self._tick, daemon=True).start()
 
@@ -780,6 +786,14 @@ class Progress:
         with self._lock:
             self.eta_model.task_done(index, self.clock())
             self._advance(0, len(self.eta_model.tasks[index]))
+
+    def note(self, message: str) -> None:
+        """A message while the bar is shown (printed above it on a terminal, so the bar is not torn)."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.write(message, file=self.stream)
+            else:
+                self.log(message)
 
     def close(self) -> None:
         self._stop.set()
@@ -835,7 +849,7 @@ class Progress:
             self.log(self.line())
 
     def _draw(self) -> None:
-        self._bar.set_postfix_str(f"{self.counts()}; {self.times()}", refresh=False)
+        self._bar.set_description_str(f"{self.counts()}; {self.times()}", refresh=False)
         self._bar.refresh()
 
     def _tick(self) -> None:

@@ -245,3 +245,15 @@ def test_dry_run_warns_about_a_folder_of_another_config_and_an_unmeasured_arch(t
     assert vgg.estimate_s is None and "no measured cost for vgg on cifar10" in vgg.text()
     stacked = sweep.dry_run(config.load(cfg, overrides=["engine.stack='on'"]), tmp_path / "s", device="cpu")
     assert "seeds of an arm stacked (fp32), 6 tasks" in stacked.text()  # one task per arm
+
+
+def test_messages_while_the_bar_is_shown_go_above_it_or_into_the_log():
+    tasks = [[r] for r in _runs(1, "seed-major")]
+    stream, lines = io.StringIO(), []
+    bar = Progress(tasks, slots=1, enabled=True, log=lines.append, clock=_Clock(), stream=stream)
+    bar.note("run abc failed: RuntimeError: boom")
+    bar.close()
+    assert "run abc failed: RuntimeError: boom\n" in stream.getvalue() and lines == []
+    plain = Progress(tasks, slots=1, enabled=False, log=lines.append, clock=_Clock(), stream=stream)
+    plain.note("run abc failed")
+    assert lines == ["run abc failed"]
