@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -23,14 +24,55 @@ EXIT_USAGE = 2
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
+    from .sweep import dry_run, run_sweep
 
     overrides = list(args.set) + ([f'launcher.kind="{args.launcher}"'] if args.launcher else [])
     cfg = config_mod.load(args.config, overrides=overrides, seeds=args.seeds)
     out = Path(args.out) if args.out else Path("data/sweeps") / cfg.name
+    if args.dry_run:
+        print(dry_run(cfg, out, workers=args.workers, device=args.device).text())
+        return 0
     summary = run_sweep(cfg, out, workers=args.workers, device=args.device)
+    _sweep_result(cfg, out, summary)
     print(out)
     return 0 if summary.ok else 1  # a failed run, or a worker/job that died: run again to finish
+
+
+def headline_factor(cfg) -> tuple[str, str] | None:
+    """The factor and baseline of the end-of-sweep headline: ``compare``'s defaults (placement, before) where
+    the grid has them, else the first grid factor with two levels and its first level; None: no such factor."""
+    grid = dict(cfg.grid)
+    if len(grid.get("placement", ())) >= 2:
+        levels = [str(v) for v in grid["placement"]]
+        return "placement", "before" if "before" in levels else levels[0]
+    for name, values in grid.items():
+        if len(values) >= 2:
+            return name, str(values[0])
+    return None
+
+
+def _sweep_result(cfg, out: Path, summary) -> None:
+    """The end of ``bnstats sweep`` (stdout): the headline comparison, printed by the function that prints
+    ``bnstats compare``, and where the report goes."""
+    choice = headline_factor(cfg)
+    print()
+    if choice is None:
+        print("No headline: the grid has no factor with two levels to compare.")
+    elif summary.missing or summary.running_elsewhere:
+        print(f"No headline yet: {summary.missing + summary.running_elsewhere} runs are not stored; once they are, "
+              f"`bnstats compare {out}` prints it.")
+    else:
+        factor, baseline = choice
+        flags = "" if (factor, baseline) == ("placement", "before") else f" --factor {factor} --baseline {baseline}"
+        print(f"Headline (bnstats compare {out}{flags}): test_acc, arm − {baseline} per cell, paired on seed "
+              "(fractions: 0.01 = 1 percentage point)")
+        from . import store
+
+        try:
+            print_comparison(store.load(out).runs, factor=factor, baseline=baseline)
+        except ValueError as e:  # e.g. a single seed: no paired comparison yet
+            print(f"(no comparison: {e})")
+    print(f"Report: bnstats report {out}   (writes {out / 'report'}/: report.pdf, report.html, tables/, figures/)")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -168,18 +210,75 @@ def _print_table(table, columns: list[str], csv: str | None) -> None:
     print(format_for_reading(table[[*by, *[c for c in columns if c in table]]]))
 
 
-@_value_errors_are_usage
-def _compare(args: argparse.Namespace) -> int:
+COMPARE_COLUMNS = ["arm", "baseline", "n", "estimate", "ci_low", "ci_high", "boot_ci_low", "boot_ci_high", "d_z", "p",
+                   "p_adj", "verdict"]
+MIXED_COLUMNS = ["factor", "arm", "baseline", "other", "level", "reference", "estimate", "ci_low", "ci_high", "p",
+                 "p_adj", "n_seeds", "converged"]
+
+
+def print_comparison(runs, *, metric: str = "test_acc", factor: str = "placement", baseline: str = "before",
+                     by: list[str] | None = None, margin=None, confidence_level: float = 0.95, p_adjust: str = "holm",
+                     diverged: str = "drop_pair", rng: int | None = None, csv: str | None = None) -> None:
+    """Print ``stats.compare`` rounded for reading (what ``bnstats compare`` and the end of ``bnstats sweep``
+    print); ``csv``: also write the full table, unrounded."""
     from . import stats
 
+    table = stats.compare(
+        runs, metric=metric, factor=factor, baseline=baseline, by=by, margin=margin,
+        confidence_level=confidence_level, p_adjust=p_adjust, diverged=diverged,
+        nan_policy="omit" if diverged == "keep" else "raise", rng=rng)
+    _print_table(table, COMPARE_COLUMNS, csv)
+
+
+@_value_errors_are_usage
+def _compare(args: argparse.Namespace) -> int:
+    if args.model == "mixed":
+        return _compare_mixed(args)
+    if args.interaction:
+        raise ValueError("--interaction: only with --model mixed")
     runs, a = _analysis(args)
     _numeric_metric(runs, a["metric"])
-    table = stats.compare(
+    print_comparison(
         runs, metric=a["metric"], factor=a["factor"], baseline=a["baseline"], by=a["by"],
         margin=_margin(args.margin), confidence_level=args.confidence_level, p_adjust=args.p_adjust,
-        diverged=args.diverged, nan_policy="omit" if args.diverged == "keep" else "raise", rng=args.rng)
-    _print_table(table, ["arm", "baseline", "n", "estimate", "ci_low", "ci_high", "boot_ci_low", "boot_ci_high",
-                         "d_z", "p", "p_adj", "verdict"], args.csv)
+        diverged=args.diverged, rng=args.rng, csv=args.csv)
+    return 0
+
+
+def _compare_mixed(args: argparse.Namespace) -> int:
+    """``compare --model mixed``: the interaction of --factor with each other grid factor (a mixed model with a
+    random intercept per seed per cell of the rest; bnstats.report.factorial.interaction_table)."""
+    from .report.factorial import interaction_table
+
+    for flag, value, default in (("--margin", args.margin, None), ("--by", args.by, None), ("--rng", args.rng, None),
+                                 ("--diverged", args.diverged, "drop_pair")):
+        if value != default:
+            raise ValueError(f"{flag}: not used by --model mixed (its cells are the factors not crossed; "
+                             "runs with a non-finite metric are left out)")
+    runs, a = _analysis(args)  # a sweep, an imported store, or a runs file or folder
+    _numeric_metric(runs, a["metric"])
+    factors = list(runs.attrs.get("factors") or [a["factor"], *(a["by"] or [])])
+    meta = Path(args.dir) / "sweep.json"
+    levels = json.loads(meta.read_text()).get("config", {}).get("grid", {}) if meta.is_file() else None
+    others = [g.strip() for item in (args.interaction or []) for g in item.split(",") if g.strip()] or None
+    table = interaction_table(runs, metric=a["metric"], factor=a["factor"], baseline=a["baseline"],
+                              factors=factors, others=others, levels=levels,
+                              confidence_level=args.confidence_level, p_adjust=args.p_adjust)
+    if table.empty:
+        raise ValueError(f"--model mixed: no other factor with two levels to cross with {a['factor']!r} "
+                         f"(factors: {factors})")
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    from .report import format_for_reading
+
+    cells = list(table.columns[: list(table.columns).index("factor")])
+    print(f"Interaction: {a['metric']} ~ {a['factor']} × other factor, random intercept per seed (REML), per cell; "
+          f"estimate = (arm − {a['baseline']} at level) − (arm − {a['baseline']} at reference), Wald "
+          f"{args.confidence_level:g} CI, p_adj {args.p_adjust}")
+    print(format_for_reading(table[[*cells, *MIXED_COLUMNS]]))
+    warned = sorted({w for w in table["warnings"] if w})
+    for w in warned:
+        print(f"statsmodels: {w}")
     return 0
 
 
@@ -243,6 +342,12 @@ def _add_stats_parsers(sub) -> None:
     c.add_argument("--diverged", default="drop_pair",
                    help="drop_pair (default: drop seeds where either arm diverged) | keep")
     c.add_argument("--rng", type=int, default=None, help="seed of the bootstrap and permutations (default: fixed)")
+    c.add_argument("--model", choices=("paired", "mixed"), default="paired",
+                   help="paired (default): stats.compare per cell; mixed: the interaction of --factor with each "
+                        "other grid factor, a mixed model with a random intercept per seed (stats.mixed)")
+    c.add_argument("--interaction", action="append", metavar="COL[,COL]",
+                   help="--model mixed: the factor(s) to cross with --factor (default: every other grid factor "
+                        "with two levels)")
     c.set_defaults(func=_compare)
 
     pl = sub.add_parser("plan", help="seeds each comparison needs, from a pilot sweep (stats.plan)")
@@ -261,7 +366,7 @@ def _add_stats_parsers(sub) -> None:
     r.add_argument("--out", help="output folder (default: SWEEP_DIR/report)")
     r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a notebook parameter (metric, factor, baseline, confidence_level, margin, p_adjust, "
-                        "diverged, n_resamples, rng, title), e.g. --set margin=0.005 (repeatable)")
+                        "diverged, n_resamples, rng, title, moments), e.g. --set margin=0.005 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="do not print the render time")
     r.set_defaults(func=_report)
 
@@ -357,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--launcher", choices=("local", "submitit"),
                    help="local worker processes, or Slurm through submitit (shortcut for "
                         "--set launcher.kind=...; other [launcher] keys via --set launcher.KEY=VALUE)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the cells, the runs still to train, an estimated time and the output folder; "
+                        "train and write nothing")
     s.set_defaults(func=_sweep)
 
     st = sub.add_parser("status", help="runs done, running, failed and missing, per cell")

@@ -254,6 +254,35 @@ class EngineConfig:
         return self
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    """Where each finished run is also logged (bnstats/sinks.py): off by default, never part of ``run_id``
+    or of the output directory's identity. The store stays the source of truth; a sink is fed from the
+    stored rows of each run, right after the run is stored."""
+
+    tensorboard: bool = False    # event files per run, written with torch.utils.tensorboard.SummaryWriter
+    tensorboard_dir: str = ""    # "" = <sweep dir>/tensorboard; one folder per run: <tensorboard_dir>/<run_id>
+    mlflow: str = ""             # "" = off | "default" (sqlite:///<sweep dir>/mlflow.db) | a tracking URI | a path
+    mlflow_experiment: str = ""  # "" = the sweep's name
+    wandb: str = ""              # "" = off | "offline" (W&B offline runs, `wandb sync` uploads them later)
+    wandb_dir: str = ""          # "" = the sweep dir (W&B writes <wandb_dir>/wandb/offline-run-*)
+    wandb_project: str = ""      # "" = the sweep's name
+
+    def validate(self) -> LogConfig:
+        _bool("log.tensorboard", self.tensorboard)
+        for name in ("tensorboard_dir", "mlflow", "mlflow_experiment", "wandb_dir", "wandb_project"):
+            if not isinstance(getattr(self, name), str):
+                raise _err(f"log.{name}", "a string", getattr(self, name))
+        _choice("log.wandb", self.wandb, ("", "offline"))
+        return self
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """The sinks switched on, in the order they are fed."""
+        return tuple(n for n, on in (("tensorboard", self.tensorboard), ("mlflow", bool(self.mlflow)),
+                                     ("wandb", bool(self.wandb))) if on)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -261,6 +290,7 @@ SECTIONS: dict[str, type] = {
     "moments": MomentsConfig,
     "engine": EngineConfig,
     "launcher": LauncherConfig,
+    "log": LogConfig,
 }
 TOP_KEYS = ("name", "description", "dataset", "seeds", "grid", *SECTIONS)
 DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
@@ -410,6 +440,7 @@ class SweepConfig:
     moments: MomentsConfig = field(default_factory=MomentsConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def factors(self) -> tuple[str, ...]:
@@ -435,8 +466,8 @@ class SweepConfig:
         return out
 
     def identity(self) -> dict[str, Any]:
-        """What an output directory is bound to: everything but the seeds, the launcher and the engine
-        options that change only rounding (stacking, determinism, compilation).
+        """What an output directory is bound to: everything but the seeds, the launcher, the log sinks and
+        the engine options that change only rounding (stacking, determinism, compilation).
 
         Adding seeds to a finished sweep is allowed (only the new runs train); changing anything
         that alters the runs' numbers is not: ``engine.precision = "bf16"`` does (listed only then, so

@@ -133,3 +133,33 @@ def test_report_notebook_failure_is_one_line_and_keeps_the_traceback(sweep, tmp_
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert errors and errors[0]["evalue"] == "boom in the notebook"
     assert not (tmp_path / "r" / "report.pdf").exists()
+
+
+def test_compare_model_mixed_prints_the_interaction_table(sweep, capsys, tmp_path):
+    from bnstats.report.factorial import interaction_table
+
+    csv = tmp_path / "mixed.csv"
+    rc, out, err = _run(capsys, "compare", sweep, "--model", "mixed", "--csv", csv)
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("Interaction: test_acc ~ placement × other factor, random intercept per seed")
+    assert lines[1].split()[:5] == ["factor", "arm", "baseline", "other", "level"]
+    assert len([line for line in lines if line.split()[:1] == ["placement"]]) == 2  # after, none x arch cnn
+    res = store.load(sweep)
+    want = interaction_table(res.runs, factors=res.factors, levels=res.config["grid"])
+    got = pd.read_csv(csv, keep_default_na=False)
+    np.testing.assert_array_equal(got["estimate"].to_numpy(float), want["estimate"].to_numpy(float))
+    np.testing.assert_array_equal(got["p_adj"].to_numpy(float), want["p_adj"].to_numpy(float))
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--model", "mixed", "--interaction", "colour"], "--interaction: 'colour' is not another grid factor"),
+    (["--interaction", "arch"], "--interaction: only with --model mixed"),
+    (["--model", "mixed", "--margin", "0.01"], "--margin: not used by --model mixed"),
+])
+def test_compare_model_mixed_bad_input_exits_2(sweep, capsys, args, names):
+    rc, out, err = _run(capsys, "compare", sweep, *args)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and names in err
+    with pytest.raises(SystemExit) as e:  # argparse's own choices
+        cli.main(["compare", str(sweep), "--model", "bayes"])
+    assert e.value.code == 2 and "argument --model: invalid choice" in capsys.readouterr().err

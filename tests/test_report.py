@@ -53,9 +53,11 @@ def rendered(report_sweep, tmp_path_factory) -> Path:
 
 
 FIGURES = ("paired_seeds", "differences", "forest", "learning_curves", "moments_cnn", "moments_mlp", "association")
-TABLES = ("headline", "arms", "comparisons", "pairing", "paired_association", "association")
-TEX_TABLES = ("headline", "arms", "paired_association", "association")
-SECTIONS = ("Question and design", "Headline", "Figures", "How to cite", "Methods", "Caveats", "provenance")
+TABLES = ("headline", "arms", "comparisons", "pairing", "interactions", "seed_variance", "paired_association",
+          "association")
+TEX_TABLES = ("headline", "arms", "interactions", "seed_variance", "paired_association", "association")
+SECTIONS = ("Question and design", "Headline", "Interactions and seed variance", "Figures", "How to cite", "Methods",
+            "Caveats", "provenance")
 
 
 def _pdf_text(path: Path) -> str:
@@ -335,3 +337,137 @@ def test_diverged_runs_are_dropped_counted_and_named(report_sweep, tmp_path):
     assert "1 diverged run(s), dropped with their pair from the comparison (diverged=&#x27;drop_pair&#x27;): cnn, after: 1" in text
     assert "1 pair(s) with a diverged run dropped" in text
     assert cmp.loc[(cmp["arch"] == "cnn") & (cmp["arm"] == "after"), "n"].item() == 3
+
+
+# --- interactions and seed variance (report/factorial.py) ----------------------------------------------
+
+# R 4.2.2, nlme 3.1.162, on the data of tests/stats/test_stats_models.py with the report's references:
+#   d <- data.frame(seed=factor(seed), placement=relevel(factor(placement), "before"),
+#                   activation=relevel(factor(activation), "relu"), acc)
+#   f <- lme(acc ~ placement * activation, random = ~1 | seed, data = d, method = "REML")
+#   b <- fixef(f)[4]; se <- sqrt(diag(vcov(f)))[4]
+#   sprintf("%.17g", c(b, se, b - qnorm(0.975)*se, b + qnorm(0.975)*se, 2*pnorm(-abs(b/se))))
+R_INTERACTION = (0.0021500000000000091, 0.0013528228377844495, -0.0005014840395207833, 0.0048014840395208015,
+                 0.11199957404362007)
+#   x0 <- acc[placement=="before" & activation=="relu"]; x1 <- acc[placement=="after" & activation=="relu"]
+#   ct <- cor.test(x1 - x0, x1 + x0)       # Pitman-Morgan: the correlation of difference and sum
+#   sprintf("%.17g", c(var(x1)/var(x0), ct$estimate, ct$statistic, ct$p.value))
+R_PITMAN = (2.2609008038079623, 0.51600139214037621, 1.2047835045647992, 0.29469251578952765)
+
+
+def _nlme_frame() -> pd.DataFrame:
+    from tests.stats.test_stats_models import ACC, ACTIVATION, PLACEMENT, SEED
+
+    runs = pd.DataFrame({"seed": SEED, "placement": PLACEMENT, "activation": ACTIVATION, "test_acc": ACC})
+    runs.attrs["factors"] = ["placement", "activation"]
+    return runs
+
+
+def test_interaction_table_matches_nlme_and_the_difference_in_differences():
+    from bnstats.report.factorial import interaction_table
+
+    runs = _nlme_frame()
+    t = interaction_table(runs, levels={"placement": ["before", "after"], "activation": ["relu", "tanh"]})
+    assert len(t) == 1
+    row = t.iloc[0]
+    assert (row["arm"], row["baseline"], row["other"], row["level"], row["reference"]) == (
+        "after", "before", "activation", "tanh", "relu")
+    b, se, lo, hi, p = R_INTERACTION
+    assert row["estimate"] == pytest.approx(b, rel=1e-9)
+    # variance components from different optimisers (nlme vs statsmodels): ~1e-5 relative, as in test_stats_models
+    assert row["ci_low"] == pytest.approx(lo, rel=1e-4) and row["ci_high"] == pytest.approx(hi, rel=1e-4)
+    assert row["p"] == pytest.approx(p, rel=1e-4) and row["p_adj"] == row["p"]
+    assert (row["n_obs"], row["n_seeds"], row["n_dropped"], row["method"]) == (24, 6, 0, "REML")
+    # balanced design: the coefficient is the difference in differences of the cell means
+    m = runs.groupby(["placement", "activation"])["test_acc"].mean()
+    did = (m["after", "tanh"] - m["before", "tanh"]) - (m["after", "relu"] - m["before", "relu"])
+    assert row["estimate"] == pytest.approx(did, abs=1e-15)
+
+
+def test_interaction_table_leaves_out_diverged_runs_and_names_an_unknown_factor():
+    from bnstats.report.factorial import interaction_table
+
+    runs = _nlme_frame()
+    runs.loc[3, "test_acc"] = float("nan")
+    t = interaction_table(runs)
+    assert t.iloc[0]["n_dropped"] == 1 and t.iloc[0]["n_obs"] == 23 and np.isfinite(t.iloc[0]["estimate"])
+    with pytest.raises(ValueError, match="--interaction: 'arch' is not another grid factor"):
+        interaction_table(runs, others=["arch"])
+    runs.attrs["factors"] = ["placement"]
+    assert interaction_table(runs).empty
+
+
+def test_seed_variance_table_is_pitman_morgan_as_r_computes_it():
+    from bnstats.report.factorial import seed_variance_table
+
+    t = seed_variance_table(_nlme_frame(), by=["activation"])
+    row = t[t["activation"] == "relu"].iloc[0]
+    ratio, r, tstat, p = R_PITMAN
+    assert row["ratio"] == pytest.approx(ratio, rel=1e-12) and row["r"] == pytest.approx(r, rel=1e-12)
+    assert row["t"] == pytest.approx(tstat, rel=1e-12) and row["p"] == pytest.approx(p, rel=1e-10)
+    assert (row["n"], row["df"], row["method"]) == (6, 4.0, "Pitman-Morgan") and "n=6" in row["caveats"]
+    assert row["ci_low"] < ratio < row["ci_high"]
+    assert list(t["p_adj"]) == list(stats.adjust(t["p"].to_numpy(), method="holm"))
+    few = seed_variance_table(_nlme_frame()[lambda d: d.seed < 2], by=["activation"])
+    assert few["ratio"].isna().all() and few["caveats"].str.contains("at least 3 pairs").all()
+
+
+def test_report_shows_interactions_and_seed_variance_of_the_store(rendered, report_sweep):
+    from bnstats.report.factorial import interaction_table, seed_variance_table
+
+    res = store.load(report_sweep)
+    inter = pd.read_csv(rendered / "tables" / "interactions.csv", keep_default_na=False)
+    want = interaction_table(res.runs, factors=res.factors, levels=res.config["grid"])
+    assert len(inter) == 2 and list(inter["level"]) == ["cnn", "cnn"] and list(inter["arm"]) == ["after", "none"]
+    np.testing.assert_array_equal(inter["estimate"].to_numpy(float), want["estimate"].to_numpy(float))
+    var = pd.read_csv(rendered / "tables" / "seed_variance.csv")
+    want_var = seed_variance_table(res.runs, arms=["after", "none"])
+    assert len(var) == 4
+    np.testing.assert_array_equal(var["ratio"].to_numpy(float), want_var["ratio"].to_numpy(float))
+    text = " ".join(_pdf_text(rendered / "report.pdf").split())
+    assert "Interactions: does the difference arm − before" in text and "Seed variance: does an arm change" in text
+    assert "Pitman–Morgan test of the paired variance ratio" in text  # Methods
+    assert "Interaction intervals are Wald intervals from 4 seeds" in text  # Caveats
+
+
+def test_bands_stay_inside_the_quantitys_range_and_moment_figures_take_mean_and_var():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bnstats.report import figures
+
+    # a fraction of zeros near 0 with a large spread: mean - SD < 0, and near 1: mean + SD > 1
+    df = pd.DataFrame({"arm": ["a"] * 6 + ["b"] * 6, "epoch": [1, 1, 1, 2, 2, 2] * 2,
+                       "frac_zero": [0.0, 0.0, 0.3, 0.0, 0.01, 0.4, 1.0, 0.6, 1.0, 0.99, 1.0, 0.5]})
+    fig, ax = plt.subplots()
+    figures.mean_sd_lines(ax, df, "epoch", "frac_zero", "arm", ["a", "b"], {"a": "C0", "b": "C1"},
+                          bounds=figures.value_range("frac_zero"))
+    ys = np.concatenate([p.get_paths()[0].vertices[:, 1] for p in ax.collections])
+    plt.close(fig)
+    m, sd = df.groupby(["arm", "epoch"])["frac_zero"].mean(), df.groupby(["arm", "epoch"])["frac_zero"].std()
+    assert (m - sd).min() < 0 and (m + sd).max() > 1  # unclipped, the band would leave [0, 1]
+    assert ys.min() == 0.0 and ys.max() == 1.0
+    assert figures.value_range("test_acc", 100.0) == (0.0, 100.0) and figures.value_range("exkurt")[0] == -2.0
+    assert figures.value_range("skew") == (-math.inf, math.inf)
+
+
+def test_moments_parameter_is_validated_and_draws_the_rows_asked_for(report_sweep, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rep = report.Report(report_sweep, tmp_path / "r", moments=["mean", "var", "frac_zero"])
+    mom = report.probe_moments(rep)
+    cell = rep.cells()[0]
+    fig = report.moments_figure(rep, mom, cell)
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    plt.close(fig)
+    assert labels == [f"{site}\n{m}" for site in ("norm_in", "act_out") for m in ("mean", "variance", "fraction of zeros")]
+    assert "clipped to the quantity's range (fraction of zeros to [0, 1], variance to ≥ 0)" in rep.caption(
+        "moments", cell=cell)
+    assert report.parse_sets(['moments=["mean", "var"]']) == {"moments": ["mean", "var"]}
+    with pytest.raises(ValueError, match="moments must be a non-empty list of distinct names from"):
+        report.Report(report_sweep, tmp_path / "r2", moments=["kurtosis"])

@@ -27,6 +27,7 @@ from .figures import PX_PER_IN, draw_figures, save_figure
 from .rendering import check_parameters
 from .tables import esc, html_table, tex_table, write_csv
 from .text import (
+    MOMENT_LABELS,
     NBSP,
     P_ADJUST_NAMES,
     MetricDisplay,
@@ -252,16 +253,25 @@ class Report:
             return (f"Effects across cells. Left: mean difference{du} with its {lvl} paired t interval (dotted: BCa). "
                     f"Right: d_z with its {lvl} noncentral-t interval. Colour: verdict.{margin}")
         if kind == "learning_curves":
+            rng = (f"{esc(lab)} to [0, {num(d.scale, 0)}]{' ' + d.unit if d.unit else ''}"
+                   if self.metric.endswith("acc") else f"{esc(lab)} to its range")
             return ("Learning curves per cell: test-set metric and training loss (mean cross-entropy) per epoch, per arm; "
-                    "line: mean over seeds; band: ± 1 SD across seeds.")
+                    f"line: mean over seeds; band: ± 1 SD across seeds, clipped to the quantity's range ({rng}, "
+                    "loss to ≥ 0).")
         if kind == "moments":
             probe = self.res.config.get("moments", {}).get("probe_size", "?")
+            moments = list(self.params["moments"])
+            names = [MOMENT_LABELS[m] + (" (0 for a Gaussian)" if m == "exkurt" else "") for m in moments]
+            named = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+            clipped = [t for m, t in (("frac_zero", "fraction of zeros to [0, 1]"), ("exkurt", "excess kurtosis to ≥ −2"),
+                                      ("var", "variance to ≥ 0")) if m in moments]
+            clip = f", clipped to the quantity's range ({', '.join(clipped)})" if clipped else ""
             return (f"Activation moments per layer over training, {esc(cell_label(kw['cell']))}: channel-mean "
-                    "skewness, excess kurtosis (0 for a Gaussian) and fraction of exact zeros at <b>norm_in</b> "
+                    f"{named} at <b>norm_in</b> "
                     "(the input of the norm: the linear output when placement = before, the activation's output when "
                     "after) and <b>act_out</b> (the activation's output), on the fixed probe batch "
                     f"({probe} test inputs, eval mode) at initialization (epoch 0) and after each epoch. Line: mean "
-                    "over seeds; band: ± 1 SD. placement = none has no norm_in.")
+                    f"over seeds; band: ± 1 SD{clip}. placement = none has no norm_in.")
         if kind == "association":
             return (f"Does the between-arm difference of a moment at norm_in track the difference in {esc(lab)}? "
                     f"Pearson r across seeds (stats.paired_association; final epoch, probe batch) with its {lvl} "
@@ -277,6 +287,104 @@ class Report:
         shown["p"] = a["p"].map(fmt_p)
         shown["p_adj"] = a["p_adj"].map(fmt_p)
         return shown
+
+    # --- beyond the headline: interactions with the other factors, seed variance ---------------------
+    def interactions(self) -> pd.DataFrame:
+        """:func:`~bnstats.report.factorial.interaction_table` on this store; empty when no other grid
+        factor has two levels (a one-factor grid has no interaction to estimate)."""
+        from .factorial import interaction_table, other_factors
+
+        if not other_factors(self.runs, self.res.factors, self.factor):
+            return pd.DataFrame()
+        return interaction_table(self.runs, metric=self.metric, factor=self.factor, baseline=self.baseline,
+                                 factors=self.res.factors, levels=self.res.config.get("grid", {}),
+                                 confidence_level=self.params["confidence_level"], p_adjust=self.params["p_adjust"])
+
+    def seed_variance(self) -> pd.DataFrame:
+        """:func:`~bnstats.report.factorial.seed_variance_table` per cell and arm (Pitman–Morgan)."""
+        from .factorial import seed_variance_table
+
+        return seed_variance_table(self.runs, metric=self.metric, factor=self.factor, baseline=self.baseline,
+                                   by=self.by, arms=self.arms[1:], confidence_level=self.params["confidence_level"],
+                                   p_adjust=self.params["p_adjust"])
+
+    @staticmethod
+    def _fit_note(row: dict[str, Any]) -> str:
+        if not math.isfinite(row["estimate"]):
+            return "failed"
+        if not row["converged"]:
+            return "not converged"
+        return "seed var. 0" if "boundary of the parameter space" in row["warnings"] else "ok"
+
+    def interaction_block(self, table: pd.DataFrame):
+        """The interaction table (``tables/interactions.csv``, ``.tex``), or None for a one-factor grid."""
+        if table.empty:
+            return None
+        d = self.disp
+        s, dg = d.scale, d.digits
+        cell_cols = [c for c in table.columns[: list(table.columns).index("factor")]]
+        lvl = f"{self.level:g}%"
+        shown, tex = [], []
+        for r in table.to_dict("records"):
+            cell = cell_label({k: r[k] for k in cell_cols if r[k] != ""})
+            common = {"cell": cell, "contrast": f"{r['arm']} − {r['baseline']}",
+                      "changes with": f"{r['other']}: {r['level']} vs {r['reference']}"}
+            shown.append({**common, d.with_unit("Δ of Δ", True): num(r["estimate"] * s, dg, sign=True),
+                          d.with_unit(f"{lvl} CI", True): ci(r["ci_low"] * s, r["ci_high"] * s, dg),
+                          "p": fmt_p(r["p"]), "p_adj": fmt_p(r["p_adj"]), "seeds": str(r["n_seeds"]),
+                          "fit": self._fit_note(r)})
+            tex.append({**common,
+                        d.with_unit(r"$\Delta$ of $\Delta$", True): num(r["estimate"] * s, dg, sign=True, style="tex"),
+                        f"{lvl} CI": ci(r["ci_low"] * s, r["ci_high"] * s, dg, "tex"),
+                        "$p$": fmt_p(r["p"], "tex"), r"$p_\mathrm{adj}$": fmt_p(r["p_adj"], "tex"),
+                        "seeds": str(r["n_seeds"]), "fit": self._fit_note(r)})
+        shown_df, tex_df = pd.DataFrame(shown), pd.DataFrame(tex)
+        n_models = len(table.drop_duplicates([*cell_cols, "other"]))
+        cap = (f"Interactions: does the difference arm − {esc(self.baseline)} in {esc(d.label)} change with the level "
+               f"of another factor? One linear mixed model per other factor and cell ({n_models} model"
+               f"{'s' if n_models != 1 else ''}): "
+               f"{esc(self.metric)} ~ {esc(self.factor)} × other factor, random intercept per seed (REML; stats.mixed; "
+               "runs with a non-finite metric left out). Δ of Δ: the arm − baseline difference at the level minus "
+               f"the same difference at the reference level{f' ({d.diff_unit})' if d.diff_unit else ''}, with its "
+               f"{lvl} Wald interval (anti-conservative with few seeds: the paired t of the headline stays primary); "
+               f"p: Wald; p_adj: {P_ADJUST_NAMES[self.params['p_adjust']]} over the {len(table)} rows. Fit: ok; "
+               "seed var. 0 (the seed variance was estimated on its boundary, 0: the runs of a seed do not move "
+               "together, and the model is that of independent runs); not converged; failed.")
+        right = [c for c in shown_df.columns if c not in ("cell", "contrast", "changes with", "fit")]
+        tex_right = [c for c in tex_df.columns if c not in ("cell", "contrast", "changes with", "fit")]
+        return self.table("interactions", table, shown_df, tex=tex_df, caption=cap, right=right, tex_right=tex_right)
+
+    def variance_block(self, table: pd.DataFrame):
+        """The seed-variance table (``tables/seed_variance.csv``, ``.tex``), or None if it is empty."""
+        if table.empty:
+            return None
+        d = self.disp
+        s, dg = d.scale, d.digits
+        lvl = f"{self.level:g}%"
+        shown, tex = [], []
+        for r in table.to_dict("records"):
+            cells = {k: r[k] for k in self.by}
+            shown.append({**cells, self.factor: r["arm"], "n": str(r["n"]),
+                          d.with_unit(f"SD {r['baseline']}"): num(r["sd_baseline"] * s, dg),
+                          d.with_unit("SD arm"): num(r["sd_arm"] * s, dg),
+                          "var ratio": num(r["ratio"], 2), f"{lvl} CI": ci(r["ci_low"], r["ci_high"], 2),
+                          "p": fmt_p(r["p"]), "p_adj": fmt_p(r["p_adj"])})
+            tex.append({**cells, self.factor: r["arm"], "n": str(r["n"]),
+                        d.with_unit(f"SD {r['baseline']}"): num(r["sd_baseline"] * s, dg, style="tex"),
+                        d.with_unit("SD arm"): num(r["sd_arm"] * s, dg, style="tex"),
+                        "var ratio": num(r["ratio"], 2, style="tex"),
+                        f"{lvl} CI": ci(r["ci_low"], r["ci_high"], 2, "tex"),
+                        "$p$": fmt_p(r["p"], "tex"), r"$p_\mathrm{adj}$": fmt_p(r["p_adj"], "tex")})
+        shown_df, tex_df = pd.DataFrame(shown), pd.DataFrame(tex)
+        cap = (f"Seed variance: does an arm change how much {esc(d.label)} varies over seeds? SD over seeds of the "
+               f"baseline and the arm{f' ({d.unit})' if d.unit else ''} on the n seed pairs, the variance ratio "
+               f"var(arm) / var({esc(self.baseline)}) with Pitman's {lvl} interval, and the Pitman–Morgan test (the "
+               "t-test of corr(arm − baseline, arm + baseline), paired on seed; stats.variance_ratio). A ratio above 1: "
+               f"the arm is more sensitive to the seed. p_adj: {P_ADJUST_NAMES[self.params['p_adjust']]} over the "
+               f"{len(table)} rows.")
+        right = [c for c in shown_df.columns if c not in (*self.by, self.factor)]
+        tex_right = [c for c in tex_df.columns if c not in (*self.by, self.factor)]
+        return self.table("seed_variance", table, shown_df, tex=tex_df, caption=cap, right=right, tex_right=tex_right)
 
     # --- text blocks ------------------------------------------------------------------------------
     def title_block(self) -> _HTML:
@@ -417,7 +525,8 @@ class Report:
                 "Cite the sweep by its store hash (Provenance).")
         return _HTML(f'<ol class="cite">{items}</ol><p class="note">{esc(note)}</p>'), sentences
 
-    def methods_block(self, cmp: pd.DataFrame) -> _HTML:
+    def methods_block(self, cmp: pd.DataFrame, interactions: pd.DataFrame | None = None,
+                      variance: pd.DataFrame | None = None) -> _HTML:
         p = self.params
         cfg = self.res.config
         n_min, n_max = int(cmp["n"].min()), int(cmp["n"].max())
@@ -448,6 +557,16 @@ class Report:
                          f"paired t-tests (TOST; Schuirmann 1987).")
         parts.append("A comparison is called better or worse when the t interval excludes zero, equivalent when "
                      "TOST rejects, else inconclusive.")
+        if interactions is not None and len(interactions):
+            parts.append(f"Whether a difference changes with another grid factor was estimated by a linear mixed model "
+                         f"per other factor and cell, {esc(self.metric)} ~ {esc(self.factor)} × factor with a random "
+                         "intercept per seed, fitted by REML (statsmodels MixedLM; Laird & Ware 1982); its interaction "
+                         f"coefficients are reported with {lvl} Wald intervals, adjusted over the "
+                         f"{len(interactions)} coefficients by {P_ADJUST_NAMES[p['p_adjust']]}.")
+        if variance is not None and len(variance):
+            parts.append(f"Whether an arm changes the spread over seeds was tested by the Pitman–Morgan test of the paired "
+                         f"variance ratio, with Pitman's {lvl} interval (Pitman 1939; Morgan 1939), adjusted over the "
+                         f"{len(variance)} comparisons by {P_ADJUST_NAMES[p['p_adjust']]}.")
         if p["diverged"] == "drop_pair":
             parts.append("Seeds where either arm diverged (non-finite loss) are dropped from that comparison and counted.")
         else:
@@ -460,6 +579,23 @@ class Report:
                      f"SciPy {v['scipy']}, statsmodels {v['statsmodels']}, pandas {v['pandas']}, "
                      f"matplotlib {v['matplotlib']}, seaborn {v['seaborn']}.")
         return _HTML('<p class="methods">' + " ".join(parts) + "</p>")
+
+    def factorial_caveats(self, interactions: pd.DataFrame | None, variance: pd.DataFrame | None) -> list[str]:
+        """Caveats of the interaction and seed-variance tables, for :meth:`caveats_block`'s ``extra``."""
+        out = []
+        if interactions is not None and len(interactions):
+            notes = [self._fit_note(r) for r in interactions.to_dict("records")]
+            bad = sorted({n for n in notes if n != "ok"})
+            if bad:
+                out.append(f"Interaction models: {', '.join(f'{notes.count(n)} of {len(notes)} rows {n}' for n in bad)} "
+                           "(statsmodels' messages in tables/interactions.csv).")
+            n_min = int(interactions["n_seeds"].min())
+            if n_min < 15:
+                out.append(f"Interaction intervals are Wald intervals from {n_min} seeds: too narrow at this n.")
+        if variance is not None and len(variance):
+            texts = sorted({c for c in variance["caveats"] if c})
+            out.extend(f"Seed variance: {t}." for t in texts)
+        return out
 
     def caveats_block(self, cmp: pd.DataFrame, desc: pd.DataFrame, cert: pd.DataFrame, extra: Sequence[str] = ()) -> _HTML:
         by_text: dict[str, list[str]] = {}

@@ -270,17 +270,37 @@ def forest_figure(rep: Report, cmp: pd.DataFrame):
     return fig
 
 
-def mean_sd_lines(ax, df: pd.DataFrame, x: str, y: str, hue: str, order: Sequence[str], palette: dict) -> None:
-    """One line per ``hue`` level: the mean of ``y`` over seeds at each ``x``, with a ± 1 SD band."""
+#: Where each plotted quantity can lie. Its ± 1 SD band is clipped to this range (mean ± SD of a fraction
+#: of zeros that are all near 0 reaches below 0, which no run can): the captions say so. Excess kurtosis is
+#: at least skew² − 2 >= −2 (Pearson 1916), a variance and a loss at least 0.
+RANGES: dict[str, tuple[float, float]] = {
+    "frac_zero": (0.0, 1.0), "var": (0.0, math.inf), "exkurt": (-2.0, math.inf),
+    "mean": (-math.inf, math.inf), "skew": (-math.inf, math.inf),
+    "train_loss": (0.0, math.inf), "test_loss": (0.0, math.inf),
+}
+
+
+def value_range(name: str, scale: float = 1.0) -> tuple[float, float]:
+    """The range of a plotted column (``*_acc``: [0, 1] times the display ``scale``); unbounded if unknown."""
+    if name.endswith("acc") or name.endswith("accuracy"):
+        return 0.0, 1.0 * scale
+    return RANGES.get(name, (-math.inf, math.inf))
+
+
+def mean_sd_lines(ax, df: pd.DataFrame, x: str, y: str, hue: str, order: Sequence[str], palette: dict,
+                  bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+    """One line per ``hue`` level: the mean of ``y`` over seeds at each ``x``, with a ± 1 SD band clipped
+    to ``bounds`` (the quantity's range, :func:`value_range`)."""
     g = df.groupby([hue, x], observed=True, sort=True)[y].agg(["mean", "std"])
     present = set(g.index.get_level_values(0))
+    lo, hi = bounds
     for arm in order:
         if arm not in present:
             continue
         s = g.xs(arm, level=0)
         xs, m, sd = s.index.to_numpy(float), s["mean"].to_numpy(float), s["std"].fillna(0).to_numpy(float)
         ax.plot(xs, m, color=palette[arm], lw=1.1, label=arm)
-        ax.fill_between(xs, m - sd, m + sd, color=palette[arm], alpha=0.2, lw=0)
+        ax.fill_between(xs, np.clip(m - sd, lo, hi), np.clip(m + sd, lo, hi), color=palette[arm], alpha=0.2, lw=0)
 
 
 def learning_curves_figure(rep: Report):
@@ -301,7 +321,8 @@ def learning_curves_figure(rep: Report):
         for j, (col, lab) in enumerate(((ymetric, ydisp.with_unit(ydisp.label)),
                                         ("train_loss", "training loss (nats)"))):
             ax = axes[i, j]
-            mean_sd_lines(ax, sub, "epoch", col, rep.factor, rep.arms, rep.palette)
+            mean_sd_lines(ax, sub, "epoch", col, rep.factor, rep.arms, rep.palette,
+                          bounds=value_range(col, ydisp.scale if col == ymetric else 1.0))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(lab)
             ax.set_xlabel("epoch" if i == len(cl) - 1 else "")
@@ -312,7 +333,7 @@ def learning_curves_figure(rep: Report):
     return fig
 
 
-MOMENTS = ("skew", "exkurt", "frac_zero")
+MOMENTS = ("skew", "exkurt", "frac_zero")  # the shape of a distribution: what the placement argument is about
 SITES = ("norm_in", "act_out")
 
 
@@ -325,8 +346,11 @@ def probe_moments(rep: Report) -> pd.DataFrame:
     return m.merge(rep.runs[cols], on="run_id", how="inner")
 
 
-def moments_figure(rep: Report, mom: pd.DataFrame, cell: dict[str, Any], sites: Sequence[str] = SITES):
-    """One cell: skewness, excess kurtosis and fraction of zeros at each site and layer over training, per arm."""
+def moments_figure(rep: Report, mom: pd.DataFrame, cell: dict[str, Any], sites: Sequence[str] = SITES,
+                   moments: Sequence[str] | None = None):
+    """One cell: the moments (default: the report's ``moments`` parameter, skewness, excess kurtosis and
+    fraction of zeros; ``mean`` and ``var`` too where asked) at each site and layer over training, per arm."""
+    moments = list(moments if moments is not None else rep.params.get("moments", MOMENTS))
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -338,7 +362,7 @@ def moments_figure(rep: Report, mom: pd.DataFrame, cell: dict[str, Any], sites: 
     sites = [st for st in sites if (sub["site"] == st).any()]
     if not layers or not sites:
         return None
-    rows = [(st, mo) for st in sites for mo in MOMENTS]
+    rows = [(st, mo) for st in sites for mo in moments]
     # many panels: a fixed layout (in inches) instead of constrained layout, which costs seconds here
     height = 1.05 * len(rows) + 1.35
     fig, axes = plt.subplots(len(rows), len(layers), figsize=(FIG_WIDTH, height), squeeze=False, sharex=True,
@@ -349,7 +373,7 @@ def moments_figure(rep: Report, mom: pd.DataFrame, cell: dict[str, Any], sites: 
         sl = sub[sub["layer"] == layer]
         for i, (st, mo) in enumerate(rows):
             ax = axes[i, j]
-            mean_sd_lines(ax, sl[sl["site"] == st], "epoch", mo, rep.factor, arms, rep.palette)
+            mean_sd_lines(ax, sl[sl["site"] == st], "epoch", mo, rep.factor, arms, rep.palette, bounds=value_range(mo))
             ax.set_ylabel(f"{st}\n{MOMENT_LABELS[mo]}" if j == 0 else "")
             ax.set_xlabel("epoch (0 = initialization)" if i == len(rows) - 1 else "")
             if i == 0:

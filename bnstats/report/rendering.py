@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..stats._results import DEFAULT_SEED
 from .tables import esc
+from .text import MOMENT_LABELS
 
 DEFAULT_RESULTS = "data/reference/placement-mnist1d"  # the shipped 30-seed reference study
 NOTEBOOK = "report.ipynb"
@@ -42,6 +43,7 @@ PARAMETERS: dict[str, Any] = {
     "n_resamples": 9999,          # bootstrap resamples (BCa) and the sign-flip budget
     "rng": DEFAULT_SEED,          # seed of every random draw (bootstrap, permutations)
     "title": "",                  # the report's title
+    "moments": ["skew", "exkurt", "frac_zero"],  # moments in the moment figures (also "mean", "var")
 }
 
 
@@ -99,6 +101,12 @@ def _check_parameters(params: dict[str, Any], runs: pd.DataFrame, factors: Seque
     for name in ("metric", "factor", "baseline", "p_adjust", "diverged", "title", "out", "results"):
         if not isinstance(p[name], str):
             raise TypeError(f"{name} must be a string; got {p[name]!r} ({type(p[name]).__name__})")
+    moments = p["moments"]
+    if (not isinstance(moments, list | tuple) or not moments or len(set(moments)) != len(moments)
+            or any(m not in MOMENT_LABELS for m in moments)):
+        raise ValueError(f"moments must be a non-empty list of distinct names from {list(MOMENT_LABELS)}; "
+                         f"got {moments!r}")
+    p["moments"] = list(moments)
     if p["metric"] not in runs.columns or not pd.api.types.is_numeric_dtype(runs[p["metric"]]) \
             or pd.api.types.is_bool_dtype(runs[p["metric"]]):
         numeric = [c for c in runs.columns if pd.api.types.is_float_dtype(runs[c])]
