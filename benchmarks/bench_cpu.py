@@ -305,7 +305,8 @@ def _maxrss_mb() -> float:
 def _child_env(case: dict[str, Any]) -> dict[str, str]:
     """A case process's environment: its torch threads, and its code first on PYTHONPATH (for what it
     starts itself, such as the sweep's workers; the process imports bnstats from there, :func:`use_code`)."""
-    return {**os.environ, "OMP_NUM_THREADS": str(case.get("threads", 1)), "PYTHONPATH": case.get("code", str(REPO))}
+    return {**os.environ, "OMP_NUM_THREADS": str(case.get("threads", 1)), "PYTHONPATH": case.get("code", str(REPO)),
+            **case.get("env", {})}
 
 
 def _subprocess_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -361,7 +362,8 @@ class _Server:
         self._err.close()
 
 
-def _rounds(setup: dict[str, Any], codes: dict[str, str], rounds: int) -> list[dict[str, Any]]:
+def _rounds(setup: dict[str, Any], codes: dict[str, str], rounds: int,
+            envs: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """``--rounds``: one :class:`_Server` per code (``{label prefix: checkout}``) for the arch of ``setup``;
     each round times every kind with every code, one after another, the order rotated every round so that
     no case always follows another. A kind's current and ``--ref`` runs sit side by side in the order,
@@ -370,7 +372,7 @@ def _rounds(setup: dict[str, Any], codes: dict[str, str], rounds: int) -> list[d
     with contextlib.ExitStack() as stack:
         servers = {}
         for prefix, code in codes.items():
-            servers[prefix] = _Server({**setup, "code": code})
+            servers[prefix] = _Server({**setup, "code": code, "env": (envs or {}).get(prefix, {})})
             stack.callback(servers[prefix].close)
         for server in servers.values():  # all warmed up before anything is timed
             server.reply()
@@ -620,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run every case with the code of this git revision (a branch, tag or commit, "
                         "checked out into a temporary worktree), interleaved with the current code's cases in "
                         "the same repetitions or rounds; ratios current / ref")
+    p.add_argument("--ref-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for the --ref side's processes only (repeatable), e.g. "
+                        "--ref HEAD --ref-env BNSTATS_CPU_ISA=native: the pinned CPU kernels against the host's")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes everywhere, to check the script")
     p.add_argument("--data-root", default="data/cache")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/<device>-<date>.json)")
@@ -653,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         for w in (1, 2):
             cases.append({"case": f"sweep_w{w}", "seeds": a.sweep_seeds, "epochs": a.sweep_epochs,
                           "data_root": a.data_root, "label": f"sweep_w{w}"})
+    if a.ref_env and not a.ref:
+        p.error("--ref-env: add --ref (the side it applies to)")
+    if any("=" not in item for item in a.ref_env):
+        p.error(f"--ref-env: expected KEY=VALUE, got {[i for i in a.ref_env if '=' not in i][0]!r}")
+    envs = {"": {}, REF: dict(item.split("=", 1) for item in a.ref_env)}
     with contextlib.ExitStack() as stack:
         codes = {"": str(REPO)}  # label prefix -> the checkout a case imports bnstats from
         ref = None
@@ -662,17 +672,17 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 p.error(str(e))
             codes[REF] = str(ref_root)
-            ref = {"rev": a.ref, "commit": commit}
+            ref = {"rev": a.ref, "commit": commit, "env": envs[REF]}
             print(f"  --ref {a.ref}: commit {commit}", file=sys.stderr, flush=True)
         if a.rounds:
             results = []
             for arch in a.archs:
                 setup = {"arch": arch, "kinds": a.cases, "seeds": a.seeds, "epochs": a.epochs,
                          "data_root": a.data_root}
-                results += _rounds(setup, codes, a.rounds)
+                results += _rounds(setup, codes, a.rounds, envs)
                 print(f"  {arch}: {a.rounds} rounds of {', '.join(a.cases)} done", file=sys.stderr, flush=True)
         else:  # each case with each code, a case's ref twin right after it
-            results = _reps([{**c, "code": code, "label": prefix + c["label"]}
+            results = _reps([{**c, "code": code, "env": envs[prefix], "label": prefix + c["label"]}
                              for c in cases for prefix, code in codes.items()], a.reps, a.concurrent)
     summary = _summary(results)
     rats = ratios(summary, a.archs)

@@ -274,13 +274,16 @@ def test_ref_equal_to_head_runs_both_codes_in_alternating_processes(data_root, t
     # the real thing at the smallest size: one server process per code, each importing its own bnstats
     out = tmp_path / "ref.json"
     assert bench.main(["--archs", "mlp", "--cases", "single", "--seeds", "1", "--epochs", "1", "--no-sweep",
-                       "--rounds", "1", "--ref", "HEAD", "--data-root", str(data_root), "--out", str(out)]) == 0
+                       "--rounds", "1", "--ref", "HEAD", "--ref-env", "BNSTATS_CPU_ISA=native",
+                       "--data-root", str(data_root), "--out", str(out)]) == 0
     text = out.read_text()
     doc = json.loads(text)
     assert [(r["label"], r["rep"]) for r in doc["raw"]] == [("mlp/single", 0), ("ref:mlp/single", 0)]
     assert all(r["moments_s"] > 0 for r in doc["raw"])  # the moment clock found its functions in both codes
-    # each process records the kernels it ran with: bnstats' choice (avx2 unless BNSTATS_CPU_ISA says otherwise)
-    assert all(r["cpu_numerics"]["cpu_isa"] == os.environ["BNSTATS_CPU_ISA"] for r in doc["raw"])
+    # each process records the kernels it ran with: bnstats' pin on the current side, the host's on the ref
+    # side (--ref-env applies to the ref side's processes only)
+    assert [r["cpu_numerics"]["cpu_isa"] for r in doc["raw"]] == ["avx2", "native"]
+    assert doc["ref"]["env"] == {"BNSTATS_CPU_ISA": "native"}
     assert doc["ref"]["commit"] == _head()
     assert set(doc["ratios"]) == {"current / ref: mlp/single", "current / ref: mlp/single (CPU time)"}
     assert _absolute_paths(text) == []
