@@ -69,7 +69,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -981,15 +980,9 @@ class _BadTable(Exception):
 
 def git_commit() -> str:
     """The commit of the bnstats source tree, with ``-dirty`` for uncommitted changes ("" if not git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return sha + ("-dirty" if dirty else "")
+    from .factory import git_commit as commit_of
+
+    return commit_of(Path(__file__).resolve().parent)
 
 
 def _is_layout(name: str) -> bool:
