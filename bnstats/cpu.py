@@ -36,6 +36,7 @@ from typing import Any
 
 MODES = ("avx2", "native")
 ENV_MODE = "BNSTATS_CPU_ISA"
+ENV_PINNED = "BNSTATS_CPU_PINNED"  # the variables bnstats set (inherited by child processes with them)
 PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
 
 # MKL's branch codes (mkl_cbwr.h), for reading back the branch MKL actually uses.
@@ -54,16 +55,25 @@ def apply(mode: str) -> None:
     """Set (``"avx2"``) or remove (``"native"``) the pinning variables in this process's environment.
 
     Takes effect for the libraries that have not chosen their kernels yet in this process (all of them,
-    in a fresh worker), and for every process started from it afterwards. ``"native"`` removes only the
-    values :data:`PIN` sets, so a variable a user set by hand stays.
+    in a fresh worker), and for every process started from it afterwards. ``"native"`` removes only what
+    bnstats set (recorded in ``BNSTATS_CPU_PINNED``), so a variable a user set by hand stays.
     """
     check_mode(mode)
     os.environ[ENV_MODE] = mode
+    pinned = set(filter(None, os.environ.get(ENV_PINNED, "").split(",")))
     for key, value in PIN.items():
         if mode == "avx2":
+            if os.environ.get(key) != value:
+                pinned.add(key)
             os.environ[key] = value
-        elif os.environ.get(key) == value:
-            del os.environ[key]
+        elif key in pinned:
+            if os.environ.get(key) == value:
+                del os.environ[key]
+            pinned.discard(key)
+    if pinned:
+        os.environ[ENV_PINNED] = ",".join(sorted(pinned))
+    else:
+        os.environ.pop(ENV_PINNED, None)
 
 
 def apply_from_env() -> str:

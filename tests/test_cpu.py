@@ -21,7 +21,7 @@ STATE = "import json, bnstats, torch; from bnstats import cpu; torch.ones(2).sum
 
 
 def _fresh(code: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in (*cpu.PIN, cpu.ENV_MODE)}
+    clean = {k: v for k, v in os.environ.items() if k not in (*cpu.PIN, cpu.ENV_MODE, cpu.ENV_PINNED)}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={**clean, "PYTHONPATH": str(REPO), **env}, timeout=120)
 
@@ -58,13 +58,17 @@ def test_native_lifts_the_pin_and_a_bad_mode_is_named():
 
 
 def test_native_removes_only_what_the_pin_set():
-    os.environ["ATEN_CPU_CAPABILITY"] = "default"  # set by hand: kept
+    os.environ["ATEN_CPU_CAPABILITY"] = "default"  # set by hand after the pin: kept
     try:
         cpu.apply("native")
         assert os.environ["ATEN_CPU_CAPABILITY"] == "default" and "MKL_CBWR" not in os.environ
     finally:
         cpu.apply("avx2")
     assert all(os.environ[k] == v for k, v in cpu.PIN.items())
+    # a variable set by hand before bnstats is imported, equal to the pin's value, stays with "native"
+    proc = _fresh("import os, bnstats; print(os.environ.get('ATEN_CPU_CAPABILITY'), os.environ.get('MKL_CBWR'))",
+                  BNSTATS_CPU_ISA="native", ATEN_CPU_CAPABILITY="avx2")
+    assert proc.stdout.split() == ["avx2", "None"], proc.stderr
     with pytest.raises(ValueError, match="engine.cpu_isa: expected one of 'avx2', 'native'"):
         cpu.apply("avx512")
 
@@ -105,7 +109,7 @@ def test_closeness_tests_hold_under_every_instruction_set(level, tmp_path):
     a tolerance that only holds for one instruction set fails here on any machine."""
     if level == "avx2" and not _has_avx2():
         pytest.skip("no AVX2 on this CPU")
-    env = {k: v for k, v in os.environ.items() if k not in (*cpu.PIN, cpu.ENV_MODE)}
+    env = {k: v for k, v in os.environ.items() if k not in (*cpu.PIN, cpu.ENV_MODE, cpu.ENV_PINNED)}
     env.update(LEVELS[level], PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "closeness",
                            "tests/test_engine.py", "--basetemp", str(tmp_path / "t")],
