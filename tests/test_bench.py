@@ -256,7 +256,7 @@ def test_ref_cases_run_beside_their_twins_with_the_ref_code(tmp_path, monkeypatc
         ["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout  # removed afterwards
     text = out.read_text()
     doc = json.loads(text)
-    assert doc["ref"] == {"rev": "HEAD", "commit": head} and doc["code"]["commit"] == head
+    assert doc["ref"] == {"rev": "HEAD", "commit": head, "env": {}} and doc["code"]["commit"] == head
     assert [(r["label"], r["rep"]) for r in doc["raw"]][:4] == [
         ("mlp/single", 0), ("ref:mlp/single", 0), ("ref:mlp/single", 1), ("mlp/single", 1)]
     assert doc["ratios"]["current / ref: mlp/single"] == pytest.approx(1.125)
