@@ -347,7 +347,7 @@ def test_findings_markdown_states_every_cell_and_what_inconclusive_leaves_open()
                                _row("mlp", "relu", "after", 0.0027, -0.0019, 0.0074, "inconclusive", 0.674),
                                _row("mlp", "tanh", "after", 0.0030, 0.0010, 0.0050, "better", 0.709)]}
     want = "\n".join([
-        "Findings (generated from the report's `summary.json`): differences arm − before in test accuracy in pp, "
+        "Findings (generated from the report's `summary.json`): differences arm − before in test accuracy (pp), "
         "with the 90% paired t interval; verdicts as in the table (Benjamini–Hochberg-adjusted over the 4 "
         "comparisons). Cells are arch, activation.",
         "",
@@ -359,6 +359,7 @@ def test_findings_markdown_states_every_cell_and_what_inconclusive_leaves_open()
         "(tanh 90.50, relu 94.80); mlp 67.40 to 70.90% (relu 67.40, tanh 70.90).",
     ])
     assert readme.findings_markdown(summary) == want
+    assert report.findings_markdown is readme.findings_markdown
 
 
 def test_replace_section_needs_both_markers():

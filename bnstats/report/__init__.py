@@ -69,7 +69,6 @@ from .figures import (
     probe_moments,
     setup_plotting,
 )
-from .readme import findings_markdown
 from .rendering import PARAMETERS, check_parameters, display_path, notebook_path, parse_sets, render
 from .tables import esc, format_for_reading, headline_markdown
 from .text import MetricDisplay, ci, cite_sentence, fmt_p, num, split_caveats
@@ -81,3 +80,13 @@ __all__ = [
     "pairing_certificate", "parse_sets", "probe_moments", "render", "setup_plotting", "split_caveats",
     "store_hash",
 ]
+
+
+def __getattr__(name: str):
+    # bnstats.report.readme is also run as a script (python -m bnstats.report.readme): imported on first use,
+    # so that running it does not find it imported already
+    if name == "findings_markdown":
+        from .readme import findings_markdown
+
+        return findings_markdown
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
