@@ -16,8 +16,7 @@ import pandas as pd
 import pytest
 
 from bnstats import cli, cpu, report, store
-from bnstats.report import document, readme
-from bnstats.report.rendering import display_path, scrub_paths
+from bnstats.report import document
 from tests.conftest import REPO
 from tests.test_import import ARMS, TB_STEPS, _runs, _tb_value
 from tests.test_report import report_sweep_dir
@@ -83,6 +82,8 @@ def _leaks(out: Path, paths: list[str]) -> dict[str, list[str]]:
 
 
 def test_display_path_is_never_absolute():
+    from bnstats.report.rendering import display_path, scrub_paths
+
     assert display_path("data/reference/placement-mnist1d/") == "data/reference/placement-mnist1d"
     assert display_path("../sweeps/a") == "../sweeps/a"
     assert display_path("/work/repo/data/s", cwd="/work/repo", home="/root") == "data/s"
@@ -321,6 +322,8 @@ STORE = REPO / "data" / "reference" / "placement-mnist1d"
 
 
 def test_readme_reference_section_is_what_the_generator_gives_on_the_shipped_summary():
+    from bnstats.report import readme
+
     summary = json.loads(SHIPPED.read_text())
     assert summary["store_hash"] == report.store_hash(store.load(STORE).runs)  # rendered from the shipped store
     section = readme.section_text(SHIPPED, STORE)
@@ -339,6 +342,8 @@ def _row(arch, act, arm, est, lo, hi, verdict, base):
 
 
 def test_findings_markdown_states_every_cell_and_what_inconclusive_leaves_open():
+    from bnstats.report import readme
+
     summary = {"factor": "placement", "baseline": "before", "by": ["arch", "activation"],
                "parameters": {"p_adjust": "bh"}, "metric": "test_acc",
                "display": {"scale": 100.0, "unit": "%", "diff_unit": "pp", "label": "test accuracy"},
@@ -363,6 +368,8 @@ def test_findings_markdown_states_every_cell_and_what_inconclusive_leaves_open()
 
 
 def test_replace_section_needs_both_markers():
+    from bnstats.report import readme
+
     text = f"intro\n{readme.BEGIN}\nold\n{readme.END}\ntail\n"
     assert readme.replace_section(text, "NEW") == "intro\nNEW\ntail\n"
     with pytest.raises(ValueError, match="no section between the markers"):
