@@ -7,6 +7,7 @@
     cite_sentence(row, ...)     -> str    one ready sentence per comparison ("How to cite")
     pairing_certificate(runs, factor)     do all arms of a seed share init_hash / order_hash?
     store_hash(runs)            -> str    sha256 of the runs table contents
+    findings_markdown(summary)  -> str    the README's findings, from a report's summary.json
 
 The notebook only reads the store and calls :mod:`bnstats.stats`, and it is the one place where the
 report's order is written (design, headline, figures, How to cite, Methods, caveats, provenance). This
@@ -30,11 +31,14 @@ package holds what the notebook needs besides, one role per module:
 - :mod:`~bnstats.report.rendering`: the parameters (:data:`PARAMETERS`, the same names as the
   notebook's ``parameters`` cell and ``bnstats report --set NAME=VALUE``; :func:`parse_sets`,
   :func:`check_parameters`), papermill in this interpreter's kernel, the sanitised notebook, the HTML
-  page, the WeasyPrint PDF and :func:`render`, which runs them in that order.
+  page, the WeasyPrint PDF and :func:`render`, which runs them in that order; and how a path may be
+  printed (:func:`display_path`, never absolute).
+- :mod:`~bnstats.report.readme`: the README's reference section from a rendered report's
+  ``summary.json`` and its store (``python -m bnstats.report.readme --write README.md``).
 
 Imports go one way, so there is no cycle: ``text`` <- ``tables`` <- ``rendering`` <- ``document`` and
-``text`` <- ``figures`` <- ``document``; nothing imports ``document`` (``figures`` names
-:class:`Report` for type checking only). This module only re-exports the names the notebook, the CLI
+``text`` <- ``figures`` <- ``document``; nothing imports ``document`` at import time (``figures`` names
+:class:`Report` for type checking only; ``readme`` imports it inside the function that reads a store). This module only re-exports the names the notebook, the CLI
 and the tests use: to replace one in a test, patch the module that calls it (``render`` calls
 ``bnstats.report.rendering.notebook_path``), not this one.
 
@@ -43,8 +47,10 @@ Where the notebook lives: ``reports/report.ipynb`` in the source tree, shipped i
 package-data glob copies the file into wheels). :func:`notebook_path` looks in the package first,
 then in the source tree, so editable and non-editable installs both find it.
 
-Same store and parameters give the same bytes of ``report.pdf``, ``report.html``, ``report.ipynb``,
-``tables/*``, ``figures/*`` and ``summary.json``, in any output folder: the bootstrap uses an explicit
+Same store, parameters and store name (the path as given, or as :func:`display_path` shows an absolute
+one: the report records no absolute path) give the same bytes of ``report.pdf``, ``report.html``,
+``report.ipynb``, ``tables/*``, ``figures/*`` and ``summary.json``, in any output folder, from the same
+commit (the report names it): the bootstrap uses an explicit
 ``rng``, figures are saved without dates or software stamps, the executed notebook is stripped of
 timestamps and random cell ids, and the PDF's subset fonts get a fixed timestamp
 (``SOURCE_DATE_EPOCH``, see :func:`~bnstats.report.rendering.write_pdf`).
@@ -63,14 +69,24 @@ from .figures import (
     probe_moments,
     setup_plotting,
 )
-from .rendering import PARAMETERS, check_parameters, notebook_path, parse_sets, render
+from .rendering import PARAMETERS, check_parameters, display_path, notebook_path, parse_sets, render
 from .tables import esc, format_for_reading, headline_markdown
 from .text import MetricDisplay, ci, cite_sentence, fmt_p, num, split_caveats
 
 __all__ = [
     "PARAMETERS", "MetricDisplay", "Report", "association_figure", "association_frames", "check_parameters", "ci",
-    "cite_sentence", "differences_figure", "esc", "fmt_p", "forest_figure", "format_for_reading",
+    "cite_sentence", "differences_figure", "display_path", "esc", "findings_markdown", "fmt_p", "forest_figure", "format_for_reading",
     "headline_markdown", "learning_curves_figure", "moments_figure", "notebook_path", "num", "paired_seed_figure",
     "pairing_certificate", "parse_sets", "probe_moments", "render", "setup_plotting", "split_caveats",
     "store_hash",
 ]
+
+
+def __getattr__(name: str):
+    # bnstats.report.readme is also run as a script (python -m bnstats.report.readme): imported on first use,
+    # so that running it does not find it imported already
+    if name == "findings_markdown":
+        from .readme import findings_markdown
+
+        return findings_markdown
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

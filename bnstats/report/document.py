@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..cpu import BITWISE_FIELDS
 from ..store import git_commit
 from .figures import PX_PER_IN, draw_figures, save_figure
-from .rendering import check_parameters
+from .rendering import check_parameters, display_path, import_defaults, scrub_paths
 from .tables import esc, html_table, tex_table, write_csv
 from .text import (
     MOMENT_LABELS,
@@ -42,18 +43,30 @@ from .text import (
     training_text,
 )
 
+HASHES = ("init_hash", "order_hash")
+
 
 def pairing_certificate(runs: pd.DataFrame, factor: str, factors: Sequence[str] | None = None) -> pd.DataFrame:
     """Per seed and every grid factor except ``factor``: do all arms share ``init_hash`` and ``order_hash``?
 
     Returns one row per group: the group keys, ``n_arms``, ``n_init_hash``, ``n_order_hash``, ``ok``.
+    Only the hashes the runs table has are checked (runs imported without them have none); the frame's
+    ``attrs["checked"]`` lists them, and a hash not checked has ``n_<hash>`` <NA>. With none checked,
+    ``ok`` is vacuously true: what the pairing of such runs rests on is the imported store's
+    ``pairing`` record, which the report shows instead.
     """
     factors = list(factors if factors is not None else runs.attrs.get("factors", []))
     keys = ["seed", *[f for f in factors if f != factor]]
+    checked = [h for h in HASHES if h in runs]
     g = runs.groupby(keys, sort=True, observed=True, dropna=False)
-    out = g.agg(n_arms=(factor, "nunique"), n_init_hash=("init_hash", "nunique"),
-                n_order_hash=("order_hash", "nunique")).reset_index()
-    out["ok"] = (out["n_init_hash"] == 1) & (out["n_order_hash"] == 1)
+    out = g.agg(n_arms=(factor, "nunique"), **{f"n_{h}": (h, "nunique") for h in checked}).reset_index()
+    out["ok"] = np.ones(len(out), dtype=bool)
+    for h in HASHES:
+        if h in checked:
+            out["ok"] &= out[f"n_{h}"] == 1
+        else:
+            out.insert(len(out.columns) - 1, f"n_{h}", pd.array([pd.NA] * len(out), dtype="Int64"))
+    out.attrs["checked"] = checked
     return out
 
 
@@ -117,13 +130,29 @@ class Report:
 
         self.res = store.load(results)
         self.runs = self.res.runs
+        #: runs imported by ``bnstats import`` (sweep.json has an ``import`` block and no config)
+        self.imported = self.res.meta.get("source") == "import"
+        #: the sweep's config; empty for an imported store (its runs were trained elsewhere)
+        self.config: dict[str, Any] = self.res.meta.get("config") or {}
+        params = {**import_defaults(self.res.meta), **params}
         p = check_parameters({**params, "results": str(results), "out": str(out)}, self.runs, self.res.factors)
+        #: the store as the report names it: as given when relative, never an absolute path
+        self.store_name = display_path(results)
+        p["results"] = self.store_name
         self.params = p
         self.results = str(results)
         self.out = Path(out) if out else Path(results) / "report"
         self.metric, self.factor, self.baseline = p["metric"], p["factor"], p["baseline"]
         self.by = [f for f in self.res.factors if f != self.factor]
         self.disp = MetricDisplay.of(self.metric)
+        if self.imported and self.disp.scale != 1:
+            vals = pd.to_numeric(self.runs[self.metric], errors="coerce")
+            if ((vals < 0) | (vals > 1)).any():
+                # shown in % and pp, a percentage would read 100 times too large: refuse, with the way out
+                raise ValueError(f"metric={self.metric!r}: values outside [0, 1] (from {vals.min():g} to {vals.max():g}) "
+                                 "in a metric named like an accuracy; the report shows such a metric as a fraction "
+                                 f"in % and pp: import fractions, or a column named otherwise (e.g. {self.metric}_pct) "
+                                 "to show it in the source's units")
         self.level = round(100 * float(p["confidence_level"]), 6)
         self.files: list[str] = []
         self._n_fig = 0
@@ -131,7 +160,7 @@ class Report:
         for d in ("tables", "figures"):
             (self.out / d).mkdir(parents=True, exist_ok=True)
         arms = [lv for lv in sorted(map(str, self.runs[self.factor].dropna().unique())) if lv != self.baseline]
-        order = [str(x) for x in self.res.config.get("grid", {}).get(self.factor, [])]
+        order = [str(x) for x in self.config.get("grid", {}).get(self.factor, [])]
         arms.sort(key=lambda a: (order.index(a) if a in order else len(order), a))
         self.arms = [self.baseline, *arms]
         import seaborn as sns
@@ -206,8 +235,10 @@ class Report:
 
     @property
     def title(self) -> str:
-        cfg = self.res.config
-        return self.params["title"] or f"{cfg.get('name', 'sweep')}: {self.factor} and {self.disp.label}"
+        name = self.config.get("name", "sweep")
+        if self.imported:
+            name = "runs imported from " + Path(display_path(self.res.meta["import"].get("path", "?"))).name
+        return self.params["title"] or f"{name}: {self.factor} and {self.disp.label}"
 
     def headline_table(self, raw: pd.DataFrame, shown: pd.DataFrame, tex: pd.DataFrame, cmp: pd.DataFrame):
         lvl = f"{self.level:g}%"
@@ -253,13 +284,18 @@ class Report:
             return (f"Effects across cells. Left: mean difference{du} with its {lvl} paired t interval (dotted: BCa). "
                     f"Right: d_z with its {lvl} noncentral-t interval. Colour: verdict.{margin}")
         if kind == "learning_curves":
+            if self.imported:
+                return (f"Learning curves per cell: {esc(self.metric)} per step as the source logged it (its column "
+                        f"{esc(repr(self.metric))}), per arm; line: mean over seeds; band: ± 1 SD across seeds"
+                        + (f", clipped to [0, {num(d.scale, 0)}]{' ' + d.unit if d.unit else ''}."
+                           if self.metric.endswith("acc") or self.metric.endswith("accuracy") else "."))
             rng = (f"{esc(lab)} to [0, {num(d.scale, 0)}]{' ' + d.unit if d.unit else ''}"
                    if self.metric.endswith("acc") else f"{esc(lab)} to its range")
             return ("Learning curves per cell: test-set metric and training loss (mean cross-entropy) per epoch, per arm; "
                     f"line: mean over seeds; band: ± 1 SD across seeds, clipped to the quantity's range ({rng}, "
                     "loss to ≥ 0).")
         if kind == "moments":
-            probe = self.res.config.get("moments", {}).get("probe_size", "?")
+            probe = self.config.get("moments", {}).get("probe_size", "?")
             moments = list(self.params["moments"])
             names = [MOMENT_LABELS[m] + (" (0 for a Gaussian)" if m == "exkurt" else "") for m in moments]
             named = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
@@ -297,7 +333,7 @@ class Report:
         if not other_factors(self.runs, self.res.factors, self.factor):
             return pd.DataFrame()
         return interaction_table(self.runs, metric=self.metric, factor=self.factor, baseline=self.baseline,
-                                 factors=self.res.factors, levels=self.res.config.get("grid", {}),
+                                 factors=self.res.factors, levels=self.config.get("grid", {}),
                                  confidence_level=self.params["confidence_level"], p_adjust=self.params["p_adjust"])
 
     def seed_variance(self) -> pd.DataFrame:
@@ -388,48 +424,139 @@ class Report:
 
     # --- text blocks ------------------------------------------------------------------------------
     def title_block(self) -> _HTML:
-        desc = self.res.config.get("description", "")
+        desc = self.config.get("description", "")
         return _HTML(f"<h1>{esc(self.title)}</h1>" + (f'<p class="lead">{esc(desc)}</p>' if desc else ""))
 
     def design_block(self, cert: pd.DataFrame) -> _HTML:
-        cfg, runs = self.res.config, self.runs
+        """The question and the design: what was compared, on what, how it was trained (or where the runs
+        were imported from, with the mapping), the pairing certificate, the runs and the store."""
+        cfg, runs = self.config, self.runs
         tr, md = cfg.get("train", {}), cfg.get("model", {})
         grid = cfg.get("grid", {})
-        seeds = sorted(int(s) for s in runs["seed"].unique())
+        seeds = _seeds(runs)
         items = [
-            ("Question", f"Does {self.disp.label} differ between the levels of <b>{esc(self.factor)}</b>? "
+            ("Question", f"Does {esc(self.disp.label)} differ between the levels of <b>{esc(self.factor)}</b>? "
                          f"Every arm is compared with the baseline <b>{esc(self.baseline)}</b> "
                          f"({esc(level_label(self.factor, self.baseline))}); a difference is arm − baseline, "
-                         f"paired on seed, within each cell ({esc(', '.join(self.by)) or 'a single cell'} held fixed)."),
-            ("Dataset", esc(", ".join(_uniq(runs, "dataset")) or cfg.get("dataset", "?"))
-             + (f" (data hash {esc(', '.join(_uniq(runs, 'data_hash')))})" if "data_hash" in runs else "")),
+                         "paired on seed" + (f", within each cell ({esc(', '.join(self.by))} held fixed)." if self.by
+                                             else ".")),
         ]
-        for f in self.res.factors:
-            levels = [str(x) for x in grid.get(f, _uniq(runs, f))]
-            items.append((f, esc(", ".join(levels))))
-        fixed = {k: v for k, v in md.items() if k not in grid}
-        items.append(("Seeds", f"{len(seeds)}: " + esc(seed_ranges(seeds))))
-        items.append(("Training", esc(training_text(tr, grid))))
-        model = [f"{k} = {'arch default' if k in ('width', 'depth') and v == 0 else v}" for k, v in fixed.items()
-                 if k in ("norm", "affine", "width", "depth", "kernel_size", "dropout")]
-        if "arch" in runs and "n_params" in runs:
-            sizes = runs.groupby("arch", sort=True)["n_params"].agg(["min", "max"])
-            model.append("parameters: " + ", ".join(
-                f"{a} {lo:,}" + (f"–{hi:,}" if hi != lo else "") for a, (lo, hi) in sizes.iterrows()))
-        items.append(("Model", esc("; ".join(model))))
-        bad = cert[~cert["ok"]]
-        if bad.empty:
-            pc = (f"<b>yes</b>: in each of the {len(cert)} groups of runs with the same seed and the same "
-                  f"{esc(', '.join(self.by)) or 'settings'}, all arms share init_hash (initial weights) and "
-                  "order_hash (batch order).")
+        if self.imported:
+            items += self._import_items()
         else:
-            pc = (f"<b>no</b>: {len(bad)} of {len(cert)} groups have arms with different init_hash or order_hash; "
-                  f"seeds {esc(', '.join(map(str, sorted(bad['seed'].unique()))))}.")
-        items.append(("Pairing certificate", pc))
+            datasets = [scrub_paths(d) for d in _uniq(runs, "dataset")]
+            items.append(("Dataset", esc(", ".join(datasets) or scrub_paths(cfg.get("dataset", "?")))
+                          + (f" (data hash {esc(', '.join(_uniq(runs, 'data_hash')))})" if "data_hash" in runs else "")))
+        for f in self.res.factors:
+            levels = [scrub_paths(x) for x in (self.arms if f == self.factor else grid.get(f, _uniq(runs, f)))]
+            items.append((f, esc(", ".join(levels))))
+        items.append(("Seeds", f"{len(seeds)}: " + esc(seed_ranges(seeds) if _all_int(seeds) else ", ".join(map(str, seeds)))))
+        if not self.imported:
+            fixed = {k: v for k, v in md.items() if k not in grid}
+            items.append(("Training", esc(training_text(tr, grid))))
+            model = [f"{k} = {'arch default' if k in ('width', 'depth') and v == 0 else v}" for k, v in fixed.items()
+                     if k in ("norm", "affine", "width", "depth", "kernel_size", "dropout")]
+            if "arch" in runs and "n_params" in runs:
+                sizes = runs.groupby("arch", sort=True)["n_params"].agg(["min", "max"])
+                model.append("parameters: " + ", ".join(
+                    f"{scrub_paths(a)} {lo:,}" + (f"–{hi:,}" if hi != lo else "") for a, (lo, hi) in sizes.iterrows()))
+            items.append(("Model", esc("; ".join(model))))
+        items.append(("Pairing certificate", self._pairing_text(cert)))
         n_runs = len(runs)
         n_div = int(runs["diverged"].fillna(False).astype(bool).sum()) if "diverged" in runs else 0
-        items.append(("Runs", f"{n_runs} stored, {n_div} diverged"))
+        items.append(("Runs", f"{n_runs} imported" if self.imported else f"{n_runs} stored, {n_div} diverged"))
+        prov = self.provenance()
+        store = (f"{esc(prov['store'])} (sha256 of its runs table {esc(prov['store_hash'][:16])}…; "
+                 "in full with the software, commits and CPU kernels under Provenance)")
+        if prov["warnings"]:
+            store += "".join(f'<br/><span class="warning">Warning: {esc(w)}</span>' for w in prov["warnings"])
+        items.append(("Store", store))
         return _HTML('<dl class="design">' + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>")
+
+    def _import_items(self) -> list[tuple[str, str]]:
+        """Design items of an imported store: the source (kind, file, sha256) and the mapping."""
+        imp = self.res.meta["import"]
+        m = imp.get("mapping", {})
+        kind = imp.get("kind", "?")
+        n_files = len(imp.get("files", []))
+        source = (f"{esc(SOURCE_KINDS.get(kind, kind))} <b>{esc(display_path(imp.get('path', '?')))}</b>"
+                  + (f" ({n_files} files)" if n_files > 1 else "")
+                  + f", sha256 {esc(imp.get('sha256', '?'))}; imported by <code>bnstats import</code>"
+                  + (f" (bnstats {esc(imp['bnstats_version'])})" if imp.get("bnstats_version") else "")
+                  + ": the runs were trained outside bnstats, so their training is not recorded here.")
+
+        def col(v: Any) -> str:
+            return esc(repr(v)) if v is not None else "not mapped"
+
+        metrics = m.get("metric") or []
+        mapping = [f"seed = {col(m.get('seed'))}", f"factor (arms) = {col(m.get('factor'))}",
+                   "metric = " + (", ".join(col(x) for x in metrics) or "none"),
+                   "by (cells) = " + (", ".join(col(x) for x in m.get("by") or []) or "none"),
+                   f"baseline = {col(m.get('baseline'))}",
+                   f"init_hash = {col(m.get('init_hash'))}", f"order_hash = {col(m.get('order_hash'))}"]
+        items = [("Source", source), ("Mapping", "; ".join(mapping)),
+                 ("Units", esc(f"{self.metric}: " + imp.get("metric_units", "as given in the source")))]
+        notes = imp.get("notes") or []
+        if notes:
+            items.append(("Import notes", "<br/>".join(esc(n) for n in notes)))
+        return items
+
+    def _pairing_text(self, cert: pd.DataFrame) -> str:
+        """The pairing certificate: the hashes of a sweep, or what an import verified and what it did not."""
+        if self.imported:
+            pairing = self.res.meta.get("pairing", {})
+            ver = pairing.get("verified") or []
+            not_ver = pairing.get("not_verified") or []
+            text = ("<b>verified</b>: " + ("; ".join(esc(v) for v in ver) if ver else "nothing")
+                    + ". <br/><b>not verified</b>: " + ("; ".join(esc(v) for v in not_ver) if not_ver else "nothing")
+                    + ".")
+            if not_ver:
+                text += (" The comparison is paired on seed regardless; a difference between arms may include "
+                         "differences in what was not verified.")
+            return text
+        bad = cert[~cert["ok"]]
+        if bad.empty:
+            return (f"<b>yes</b>: in each of the {len(cert)} groups of runs with the same seed and the same "
+                    f"{esc(', '.join(self.by)) or 'settings'}, all arms share init_hash (initial weights) and "
+                    "order_hash (batch order).")
+        return (f"<b>no</b>: {len(bad)} of {len(cert)} groups have arms with different init_hash or order_hash; "
+                f"seeds {esc(', '.join(map(str, sorted(bad['seed'].unique()))))}.")
+
+    def absent(self, kind: str) -> _HTML:
+        """One line saying why a figure is not in the report (``"moments"``, ``"association"``,
+        ``"learning_curves"``)."""
+        source = SOURCE_KINDS.get(self.res.meta.get("import", {}).get("kind", ""), "a source outside bnstats")
+        if kind in ("moments", "association"):
+            if self.imported:
+                why = (f"the runs were imported from {source} (bnstats import); sources outside bnstats hold no "
+                       "activation moments, which bnstats records while it trains")
+            elif kind == "association" and not self.res.moments.empty:
+                why = (f"no arm has moments at the norm_in site paired with the baseline {self.baseline!r} "
+                       "(final epoch, probe batch)")
+            elif not self.config.get("moments", {}).get("enabled", True):
+                why = "the sweep ran with moments.enabled = false"
+            else:
+                why = "the store holds no moments recorded on the probe batch"
+            what = ("No moment figures" if kind == "moments"
+                    else f"No moment–{self.disp.label} association")
+            return _HTML(f'<p class="absent">{esc(what)}: {esc(why)}.</p>')
+        if kind == "learning_curves":
+            if self.imported and self.res.curves.empty:
+                why = f"the source ({source}) holds one value per run, no values per step"
+            elif self.imported:
+                why = f"the source's values per step do not include the metric {self.metric!r}"
+            else:
+                why = "the store holds no learning curves"
+            return _HTML(f'<p class="absent">No learning curves: {esc(why)}.</p>')
+        raise ValueError(f"absent: unknown kind {kind!r}; expected 'moments', 'association' or 'learning_curves'")
+
+    def has_curves(self) -> bool:
+        """Whether there are learning curves to draw: a sweep's (per epoch), or an import's per-step values
+        of the metric."""
+        c = self.res.curves
+        if c.empty:
+            return False
+        return self.metric in c if self.imported else "epoch" in c
 
     def headline(self, cmp: pd.DataFrame, desc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """(raw, shown, tex): the headline table, one row per comparison."""
@@ -501,13 +628,35 @@ class Report:
                         "caveats": c["caveats"], "sentence": sent})
             comps.append(row)
         params = {k: v for k, v in p.items() if k not in ("out",)}
+        pairing = {"ok": bool(cert["ok"].all()),
+                   "failing_seeds": sorted(_plain(s) for s in cert.loc[~cert["ok"], "seed"].unique()),
+                   "checked": list(cert.attrs.get("checked", HASHES))}
+        if self.imported:
+            pairing.update({k: list(self.res.meta.get("pairing", {}).get(k, [])) for k in ("verified", "not_verified")})
         return {
-            "title": self.title, "bnstats_version": __version__, "store_hash": store_hash(self.runs), "parameters": params,
+            "title": self.title, "bnstats_version": __version__, "store": self.store_name,
+            "store_hash": store_hash(self.runs), "parameters": params,
             "metric": self.metric, "factor": self.factor, "baseline": self.baseline, "by": self.by,
-            "display": {"scale": self.disp.scale, "unit": self.disp.unit, "diff_unit": self.disp.diff_unit},
-            "pairing_certificate": {"ok": bool(cert["ok"].all()),
-                                    "failing_seeds": sorted(int(s) for s in cert.loc[~cert["ok"], "seed"].unique())},
+            "display": {"scale": self.disp.scale, "unit": self.disp.unit, "diff_unit": self.disp.diff_unit,
+                        "label": self.disp.label},
+            "design": self.design_summary(cert),
+            "pairing_certificate": pairing,
             "comparisons": comps,
+            "provenance": self.provenance(),
+        }
+
+    def design_summary(self, cert: pd.DataFrame) -> dict[str, Any]:
+        """The design in numbers (``summary.json``'s ``design``): runs, seeds, factor levels, diverged runs,
+        groups of the pairing certificate, dataset(s) and training protocol (None for imported runs)."""
+        runs, cfg = self.runs, self.config
+        grid = cfg.get("grid", {})
+        n_div = int(runs["diverged"].fillna(False).astype(bool).sum()) if "diverged" in runs else 0
+        return {
+            "imported": self.imported, "n_runs": len(runs), "n_seeds": len(_seeds(runs)),
+            "factors": {f: [scrub_paths(x) for x in grid.get(f, _uniq(runs, f))] for f in self.res.factors},
+            "n_diverged": n_div, "pairing_groups": len(cert),
+            "dataset": [scrub_paths(d) for d in _uniq(runs, "dataset")],
+            "training": None if self.imported else training_text(cfg.get("train", {}), grid),
         }
 
     def write_summary(self, summary: dict) -> None:
@@ -528,19 +677,29 @@ class Report:
     def methods_block(self, cmp: pd.DataFrame, interactions: pd.DataFrame | None = None,
                       variance: pd.DataFrame | None = None) -> _HTML:
         p = self.params
-        cfg = self.res.config
+        cfg = self.config
         n_min, n_max = int(cmp["n"].min()), int(cmp["n"].max())
         n_txt = f"{n_min}" if n_min == n_max else f"{n_min} to {n_max}"
         wil = ", ".join(sorted(set(cmp["wilcoxon_method"])))
         flip = ", ".join(sorted(set(cmp["signflip_method"])))
         v = software_versions()
-        torch_v = ", ".join(_uniq(self.runs, "torch_version")) or "?"
+        torch_v = ", ".join(_uniq(self.runs, "torch_version")) or "not recorded"
         lvl = f"{self.level:g}%"
         margin = p["margin"]
+        if self.imported:  # trained elsewhere: say where they come from, and what their pairing rests on
+            src = self.provenance()["source"]
+            first = (f"We analysed {len(self.runs)} runs trained outside bnstats and imported from "
+                     f"{esc(SOURCE_KINDS.get(src['kind'], src['kind']))} ({esc(src['path'])}, sha256 "
+                     f"{esc(str(src['sha256'])[:16])}…), with arms {esc(self.factor)} and cells "
+                     f"{esc(', '.join(self.by)) or 'none'}; each comparison is paired on seed (what the pairing "
+                     "was verified on is stated in the design).")
+        else:
+            first = (f"We trained {len(self.runs)} runs ({esc(scrub_paths(cfg.get('dataset', '')))}; "
+                     f"{esc(training_text(cfg.get('train', {}), cfg.get('grid', {})))}) "
+                     f"on a grid of {esc(', '.join(self.res.factors))}, replicated over seeds; all arms of a seed share "
+                     "their initial weights (where shapes agree) and their data order, so each comparison is paired on seed.")
         parts = [
-            f"We trained {len(self.runs)} runs ({esc(cfg.get('dataset', ''))}; {esc(training_text(cfg.get('train', {}), cfg.get('grid', {})))}) "
-            f"on a grid of {esc(', '.join(self.res.factors))}, replicated over seeds; all arms of a seed share their "
-            "initial weights (where shapes agree) and their data order, so each comparison is paired on seed.",
+            first,
             f"For each cell ({esc(', '.join(self.by)) or 'one cell'}) and each arm of {esc(self.factor)} we computed the "
             f"per-seed difference in {esc(self.disp.label)} (arm − {esc(self.baseline)}; n = {n_txt} seeds per comparison) "
             f"and report its mean with a {lvl} paired t interval (primary) and a {lvl} BCa bootstrap interval "
@@ -625,28 +784,210 @@ class Report:
         items.append("Correlations between moments and accuracy across seeds are descriptive, not causal.")
         return _HTML('<ul class="caveats">' + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
 
-    def provenance_block(self, cert: pd.DataFrame) -> _HTML:
+    # --- provenance -------------------------------------------------------------------------------
+    def provenance(self) -> dict[str, Any]:
+        """What the numbers rest on, as plain data (``summary.json``'s ``provenance``; the appendix shows it).
+
+        ``store`` (as the report names it, never an absolute path) and ``store_hash`` (sha256 of its runs
+        table); the git commits of the runs and of the code rendering this report; ``bits``: per field
+        that decides a run's floating-point results (torch version, device, CPU kernels: see
+        :mod:`bnstats.cpu`), each distinct value with its number of runs, and ``bitwise_fields``, those
+        that must match for a bitwise reproduction; ``model_factories`` and ``user_datasets``: each
+        distinct user model factory (its spec, the sha256 of its source file, the git commit of its
+        repository) and user dataset; ``warnings``: trees with uncommitted changes; ``source``: for an
+        imported store, what it was imported from.
+        """
+        if getattr(self, "_provenance", None) is not None:
+            return self._provenance
         runs = self.runs
+        report_commit = git_commit()
+        out: dict[str, Any] = {
+            "store": self.store_name, "store_hash": store_hash(runs), "runs": len(runs),
+            "git_commit_runs": _uniq(runs, "git_commit"), "git_commit_report": report_commit or None,
+            "bits": {f: _counts(runs, f) for f in BITS_FIELDS if f in runs},
+            "bitwise_fields": ["torch_version", *BITWISE_FIELDS],
+            "model_factories": _distinct(runs, {"spec": "arch", "sha256": "model_sha256",
+                                                "git_commit": "model_git_commit"}, need="model_sha256"),
+            "user_datasets": _distinct(runs, {"dataset": "dataset", "sha256": "dataset_sha256",
+                                              "git_commit": "dataset_git_commit"}, need="dataset_sha256"),
+        }
+        warnings = []
+        dirty = runs["git_commit"].astype(str).str.endswith("-dirty") if "git_commit" in runs else pd.Series([], dtype=bool)
+        if dirty.any():
+            commits = ", ".join(c for c in out["git_commit_runs"] if c.endswith("-dirty"))
+            warnings.append(f"{int(dirty.sum())} of {len(runs)} runs were trained by bnstats from a source tree with "
+                            f"uncommitted changes (git commit {commits}): the code that trained them is that commit "
+                            "plus changes that were not recorded.")
+        if report_commit.endswith("-dirty"):
+            warnings.append(f"This report was rendered by bnstats from a source tree with uncommitted changes "
+                            f"(git commit {report_commit}): render it from a clean commit before citing it.")
+        for what, rows, key in (("model factory", out["model_factories"], "spec"),
+                                ("dataset loader", out["user_datasets"], "dataset")):
+            for r in rows:
+                if str(r["git_commit"] or "").endswith("-dirty"):
+                    warnings.append(f"The repository of the {what} {r[key]} had uncommitted changes when its "
+                                    f"{r['runs']} runs trained (git commit {r['git_commit']}); the sha256 of its "
+                                    f"file ({r['sha256'][:16]}…) is recorded, its repository's other files are not.")
+        out["warnings"] = warnings
+        if self.imported:
+            imp = self.res.meta["import"]
+            out["source"] = {"kind": imp.get("kind"), "path": display_path(imp.get("path", "?")),
+                             "sha256": imp.get("sha256"), "files": len(imp.get("files", [])),
+                             "mapping": imp.get("mapping"), "pairing": self.res.meta.get("pairing")}
+        self._provenance = out
+        return out
+
+    def provenance_caveats(self) -> list[str]:
+        """Caveats from provenance, for the caveats list: trees with uncommitted changes, what the pairing of
+        imported runs was not verified for, and runs computed with different settings of what decides their bits."""
+        items = list(self.provenance()["warnings"])
+        not_verified = self.res.meta.get("pairing", {}).get("not_verified") or [] if self.imported else []
+        if not_verified:
+            what = "; ".join(x.split(":")[0] for x in not_verified)
+            items.append(f"The pairing of these imported runs was not verified for: {what} (see the design's pairing "
+                         "certificate); arms of a seed may differ in it, and their paired differences include that.")
+        runs = self.runs
+        fields = [f for f in ("torch_version", *BITWISE_FIELDS) if f in runs]
+        if not fields or len(runs) == 0:
+            return items
+        setting = runs[fields].astype("string").fillna("not recorded").agg(" | ".join, axis=1)
+        n = setting.nunique()
+        if n > 1:
+            groups = setting.groupby([runs[k] for k in ["seed", *self.by]], sort=False, dropna=False).nunique()
+            mixed = int((groups > 1).sum())
+            text = (f"The runs were computed with {n} different settings of what decides their bits "
+                    f"({', '.join(fields)}; see Provenance): a run reproduces bitwise only under its own setting")
+            if mixed:
+                text += (f"; in {mixed} of {len(groups)} seed × cell groups the arms themselves were computed "
+                         "differently, so those paired differences include the kernels' numerical differences")
+            else:
+                text += "; within every seed and cell the arms share one setting, so the pairing is unaffected"
+            items.append(text + ".")
+        return items
+
+    def provenance_block(self, cert: pd.DataFrame) -> _HTML:
+        """The appendix: store, commits, software, what decides the bits, user code and data, the config."""
+        runs = self.runs
+        prov = self.provenance()
         v = software_versions()
-        seeds = sorted(int(s) for s in runs["seed"].unique())
+        seeds = _seeds(runs)
+        parts = []
+        if prov["warnings"]:
+            parts.append('<div class="warning"><b>Warning</b><ul>'
+                         + "".join(f"<li>{esc(w)}</li>" for w in prov["warnings"]) + "</ul></div>")
+        if self.imported:
+            commits_runs = "not recorded (imported runs, trained outside bnstats)"
+        else:
+            commits_runs = ", ".join(prov["git_commit_runs"]) or "not recorded"
         rows = [
-            ("store", self.results),
-            ("store hash (sha256 of the runs table)", store_hash(runs)),
+            ("store", prov["store"]),
+            ("store hash (sha256 of the runs table)", prov["store_hash"]),
             ("runs", str(len(runs))),
             ("seeds", ", ".join(map(str, seeds))),
-            ("git commit of the runs", ", ".join(_uniq(runs, "git_commit")) or "not recorded"),
-            ("git commit of this report", git_commit() or "not a git checkout"),
-            ("devices", ", ".join(_uniq(runs, "device"))),
+            ("git commit of the runs", commits_runs),
+            ("git commit of this report", prov["git_commit_report"] or "not a git checkout"),
         ]
         trained = [f"{c.removesuffix('_version')} {'/'.join(_uniq(runs, c))}"
                    for c in sorted(c for c in runs.columns if c.endswith("_version"))]
-        rows.append(("software (training)", ", ".join(trained)))
+        if trained:
+            rows.append(("software (training)", ", ".join(trained)))
         rows.append(("software (this report)", ", ".join(f"{k} {val}" for k, val in v.items())))
         rows.append(("report parameters", json.dumps({k: x for k, x in self.params.items() if k != "out"}, sort_keys=True)))
-        table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(x)}</td></tr>" for k, x in rows)
-        config = "\n".join(f"{k} = {json.dumps(v)}" for k, v in _flatten(self.res.config))
-        return _HTML(f'<table class="prov">{table}</table><h3>Sweep configuration (sweep.json)</h3>'
-                     f'<pre class="config">{esc(config)}</pre>')
+        parts.append(_prov_table(rows))
+        parts.append("<h3>What decides the bits</h3>" + self._bits_html())
+        code = self._code_html()
+        if code:
+            parts.append("<h3>User code and data</h3>" + code)
+        if self.imported:
+            record = {k: x for k, x in self.res.meta["import"].items() if k not in ("files", "columns")}
+            record["files"] = [f"{f['path']} {f['sha256']}" for f in self.res.meta["import"].get("files", [])]
+            record["columns"] = len(self.res.meta["import"].get("columns", []))
+            record["pairing"] = self.res.meta.get("pairing", {})
+            title, flat = "Import record (sweep.json)", _flatten(record)
+        else:
+            title, flat = "Sweep configuration (sweep.json)", _flatten(self.config)
+        config = "\n".join(f"{k} = {scrub_paths(json.dumps(v))}" for k, v in flat)
+        parts.append(f'<h3>{title}</h3><pre class="config">{esc(config)}</pre>')
+        return _HTML("".join(parts))
+
+    def _bits_html(self) -> str:
+        runs, prov = self.runs, self.provenance()
+        must = set(prov["bitwise_fields"]) | {"device"}
+        rows = []
+        for f in BITS_FIELDS:
+            counts = prov["bits"].get(f)
+            shown = ("; ".join(f"{val} ({n} run{'s' if n != 1 else ''})" for val, n in counts.items()) if counts
+                     else "not recorded" + (" (imported runs)" if self.imported else " (runs stored before bnstats recorded it)"))
+            rows.append({"field": f, "values (runs)": shown, "must match for a bitwise reproduction":
+                         "yes" if f in must else "no (sets the three fields below it)" if f == "cpu_isa" else "no"})
+        note = ("A run reproduces bit for bit only where every field marked yes is the same: the same torch "
+                "version on the same kind of device and, on a CPU, the same CPU kernels (cpu_capability: PyTorch's "
+                "own; onednn_max_isa: convolutions; mkl_branch: matrix products) and thread count "
+                "(bnstats.cpu.BITWISE_FIELDS). cpu_isa = avx2, bnstats' default, pins the kernels so that every "
+                "x86-64 CPU computes alike; native uses each CPU's best. Runs that differ in any of these fields, "
+                "and runs on GPUs, agree only to a tolerance.")
+        if not len(runs) or not any(f in runs for f in BITWISE_FIELDS):
+            note += " The kernels of these runs were not recorded, so a bitwise reproduction cannot be checked."
+        return html_table(pd.DataFrame(rows), cls="prov-bits") + f'<p class="note">{esc(note)}</p>'
+
+    def _code_html(self) -> str:
+        prov = self.provenance()
+        rows = ([{"what": "model factory", "spec": scrub_paths(r["spec"]), "sha256": r["sha256"],
+                  "git commit": r["git_commit"] or "not in a git repository", "runs": r["runs"]}
+                 for r in prov["model_factories"]]
+                + [{"what": "dataset", "spec": scrub_paths(r["dataset"]), "sha256": r["sha256"],
+                    "git commit": r["git_commit"] or "not in a git repository", "runs": r["runs"]}
+                   for r in prov["user_datasets"]])
+        if not rows:
+            return ""
+        note = ("The results depend on this code and data: a model factory's sha256 is that of its source file "
+                "(its git commit that of the file's repository, if any); a dataset file's sha256 is that of the "
+                "file, a dataset loader's that of its source file.")
+        return html_table(pd.DataFrame(rows), cls="prov-code") + f'<p class="note">{esc(note)}</p>'
+
+
+SOURCE_KINDS = {"csv": "a CSV file", "wandb_csv": "a W&B runs table (CSV export)", "parquet": "a Parquet file",
+                "jsonl": "a JSON lines file", "wandb": "W&B run folders", "tensorboard": "TensorBoard event files"}
+#: Run-row fields that decide a run's floating-point results (bnstats.cpu.state, torch's version, the device).
+BITS_FIELDS = ("torch_version", "device", "cpu_isa", *BITWISE_FIELDS)
+
+
+def _prov_table(rows: list[tuple[str, str]]) -> str:
+    return '<table class="prov">' + "".join(f"<tr><th>{esc(k)}</th><td>{esc(x)}</td></tr>" for k, x in rows) + "</table>"
+
+
+def _counts(runs: pd.DataFrame, col: str) -> dict[str, int]:
+    """Distinct values of a column (a missing value: "not recorded") with their numbers of runs, by value."""
+    s = runs[col].astype("string").fillna("not recorded")
+    return {str(k): int(n) for k, n in sorted(s.value_counts(sort=False).items(), key=lambda kv: str(kv[0]))}
+
+
+def _distinct(runs: pd.DataFrame, cols: dict[str, str], *, need: str) -> list[dict[str, Any]]:
+    """Distinct combinations of ``cols`` (name -> column) over the runs where ``need`` is recorded, with counts."""
+    if need not in runs:
+        return []
+    have = runs[runs[need].astype("string").fillna("").str.len() > 0]
+    if not len(have):
+        return []
+    present = {k: c for k, c in cols.items() if c in have}
+    # specs may name files by absolute paths (a factory given as /src/net.py:build): shown without them
+    frame = have[list(present.values())].astype("string").fillna("").map(scrub_paths)
+    out = []
+    for key, n in frame.value_counts(sort=False).sort_index().items():
+        key = key if isinstance(key, tuple) else (key,)
+        row = {k: str(v) for k, v in zip(present, key, strict=True)}
+        out.append({**{k: row.get(k, "") for k in cols}, "runs": int(n)})
+    return out
+
+
+def _seeds(runs: pd.DataFrame) -> list[Any]:
+    """The seeds, sorted: integers where they are (an imported seed may be any text)."""
+    vals = [_plain(s) for s in runs["seed"].dropna().unique()]
+    return sorted(vals) if _all_int(vals) else sorted(vals, key=str)
+
+
+def _all_int(vals: Sequence[Any]) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in vals)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

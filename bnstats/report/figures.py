@@ -304,28 +304,35 @@ def mean_sd_lines(ax, df: pd.DataFrame, x: str, y: str, hue: str, order: Sequenc
 
 
 def learning_curves_figure(rep: Report):
-    """Per cell: test metric and training loss per epoch, one line per arm (mean over seeds, band ± 1 SD)."""
+    """Per cell: test metric and training loss per epoch (an imported store: the metric per step, as its
+    source logged it), one line per arm (mean over seeds, band ± 1 SD); None without the metric's curves."""
     from matplotlib.ticker import MaxNLocator
 
     curves = rep.res.curves
     cols = ["run_id", "seed", rep.factor, *rep.by]
     cv = curves.merge(rep.runs[cols], on="run_id", how="inner")
     ymetric = rep.metric if rep.metric in cv else "test_acc"
+    if ymetric not in cv:  # runs imported with values per step, but not of this metric
+        return None
+    # a sweep's curves are per epoch; imported ones per step, as the source logged them
+    x = "epoch" if "epoch" in cv else "step"
     ydisp = MetricDisplay.of(ymetric)
     cv = cv.assign(**{ymetric: cv[ymetric] * ydisp.scale})
+    panels = [(ymetric, ydisp.with_unit(ydisp.label))]
+    if "train_loss" in cv:
+        panels.append(("train_loss", "training loss (nats)"))
     cl = _cells(rep, cv)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(cl), 2, figsize=(FIG_WIDTH, 1.75 * len(cl) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(cl), len(panels), figsize=(FIG_WIDTH, 1.75 * len(cl) + 0.6), squeeze=False)
     for i, (cell, sub) in enumerate(cl):
-        for j, (col, lab) in enumerate(((ymetric, ydisp.with_unit(ydisp.label)),
-                                        ("train_loss", "training loss (nats)"))):
+        for j, (col, lab) in enumerate(panels):
             ax = axes[i, j]
-            mean_sd_lines(ax, sub, "epoch", col, rep.factor, rep.arms, rep.palette,
+            mean_sd_lines(ax, sub, x, col, rep.factor, rep.arms, rep.palette,
                           bounds=value_range(col, ydisp.scale if col == ymetric else 1.0))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(lab)
-            ax.set_xlabel("epoch" if i == len(cl) - 1 else "")
+            ax.set_xlabel(x if i == len(cl) - 1 else "")
             ax.set_title(cell_label(cell))
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, title=f"{rep.factor} (line: mean over seeds; band: ± 1 SD)",

@@ -16,7 +16,7 @@ import tomllib
 import warnings
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import pandas as pd
@@ -45,6 +45,76 @@ PARAMETERS: dict[str, Any] = {
     "title": "",                  # the report's title
     "moments": ["skew", "exkurt", "frac_zero"],  # moments in the moment figures (also "mean", "var")
 }
+
+
+def display_path(path: str | os.PathLike, *, cwd: str | os.PathLike | None = None,
+                 home: str | os.PathLike | None = None) -> str:
+    """A path as a report may print it: never absolute, so a report records nothing of the machine's layout.
+
+    A relative path is kept as it was given (normalised, ``/`` separators). An absolute one becomes
+    relative to the working directory when it lies inside it, else ``~/...`` when it lies inside the
+    home directory, else only its last component (the runs table's sha256 identifies the store anyway).
+
+    >>> display_path("/work/repo/data/sweep", cwd="/work/repo", home="/root")
+    'data/sweep'
+    >>> display_path("/tmp/x/sweep", cwd="/work/repo", home="/root")
+    'sweep'
+    """
+    text = os.fspath(path)
+    p = Path(text)
+    if not p.is_absolute():
+        return Path(os.path.normpath(text)).as_posix()
+    p = Path(os.path.normpath(text))
+    for base, prefix in ((cwd if cwd is not None else os.getcwd(), ""),
+                         (home if home is not None else os.path.expanduser("~"), "~/")):
+        base = Path(os.path.normpath(os.fspath(base)))
+        if base != Path(base.anchor) and p != base and p.is_relative_to(base):
+            return prefix + p.relative_to(base).as_posix()
+        if p == base:
+            return "." if not prefix else "~"
+    return p.name or p.as_posix()
+
+
+# an absolute POSIX path (a "/" that starts a token) or a Windows drive path, up to a quote, a blank, a
+# colon (as in "file.py:function") or a separator of lists
+_ABS_PATH = re.compile(r"(?<![\w.~/-])/[^\s\"'<>:;,|()\[\]{}]+|\b[A-Za-z]:[\\/][^\s\"'<>:;,|()\[\]{}]*")
+
+
+def scrub_paths(text: str, *, cwd: str | os.PathLike | None = None, home: str | os.PathLike | None = None) -> str:
+    """``text`` with every absolute path in it replaced by :func:`display_path` of it.
+
+    For values a report shows verbatim (the sweep's config, a dataset or model spec such as
+    ``file:/data/x.npz`` or ``/src/model.py:build``), which may name absolute paths of the machine
+    that made them.
+    """
+    def shown(m: re.Match) -> str:
+        path = m.group(0)
+        if path[0] != "/":  # a Windows path (recorded on another machine): its last component
+            return PureWindowsPath(path).name or path
+        return display_path(path, cwd=cwd, home=home)
+
+    return _ABS_PATH.sub(shown, str(text))
+
+
+def import_defaults(meta: dict[str, Any]) -> dict[str, Any]:
+    """The report parameters an imported store's mapping implies (its first metric, factor, baseline).
+
+    Empty for a bnstats sweep. :func:`render` and :class:`~bnstats.report.document.Report` use them
+    where the caller did not set the parameter, so ``bnstats report DIR`` works on an import as
+    ``bnstats compare DIR`` does.
+    """
+    if meta.get("source") != "import":
+        return {}
+    m = meta.get("import", {}).get("mapping", {})
+    out: dict[str, Any] = {}
+    metric = m.get("metric")
+    if metric:
+        out["metric"] = metric[0] if isinstance(metric, list | tuple) else metric
+    if m.get("factor"):
+        out["factor"] = m["factor"]
+    if m.get("baseline") is not None:
+        out["baseline"] = str(m["baseline"])
+    return out
 
 
 def notebook_path() -> Path:
@@ -160,6 +230,12 @@ pre.config { font-family: inherit; font-size: 6.8pt; line-height: 1.25; white-sp
 figure { margin: 8pt 0 12pt 0; page-break-inside: avoid; }
 img { max-width: 100%; height: auto; }
 ol.cite li, ul.caveats li { margin: 3pt 0; }
+div.warning { border: 1.2px solid #b00; background: #fff3f3; padding: 3pt 6pt; margin: 4pt 0 8pt 0; }
+div.warning ul { margin: 2pt 0; padding-left: 12pt; }
+span.warning, div.warning b { color: #b00; }
+p.absent { font-size: 8.5pt; color: #444; font-style: italic; }
+table.bn.prov-bits, table.bn.prov-code { font-size: 7.4pt; }
+table.bn.prov-code td { overflow-wrap: anywhere; }
 p.note { font-size: 8pt; color: #444; }
 """
 
@@ -191,14 +267,17 @@ class _InterpreterKernel:
         return ThisInterpreterKernelManager
 
 
-def _sanitize(nb) -> None:
-    """Strip what changes from run to run: timestamps, durations, random cell ids, out paths."""
+def _sanitize(nb, results: str) -> None:
+    """Strip what changes from run to run or names the machine: timestamps, durations, random cell ids,
+    the output folder, and the store's path (replaced by ``results``, as :func:`display_path` shows it)."""
     nb.metadata.pop("widgets", None)
     pm = nb.metadata.get("papermill", {})
     for k in ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables"):
         pm.pop(k, None)
     if "parameters" in pm:
         pm["parameters"].pop("out", None)
+        if "results" in pm["parameters"]:
+            pm["parameters"]["results"] = results
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:03d}"
         cell.metadata.pop("execution", None)
@@ -207,6 +286,7 @@ def _sanitize(nb) -> None:
             cpm.pop(k, None)
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell["source"] = re.sub(r'(?m)^out = .*$', 'out = "<out>"', cell["source"])
+            cell["source"] = re.sub(r'(?m)^results = .*$', lambda _: f"results = {json.dumps(results)}", cell["source"])
 
 
 def export_html(nb, title: str) -> str:
@@ -266,12 +346,15 @@ def render(results: str | os.PathLike = DEFAULT_RESULTS, out: str | os.PathLike 
     """
     from .. import store
 
-    results = Path(results).resolve()
+    given = os.fspath(results)
+    shown = display_path(given)  # what the report, summary.json and the executed notebook name
+    results = Path(given).resolve()
     params = dict(parameters or {})
     for k in ("results", "out"):
         if k in params:
             raise ValueError(f"--set {k}: give the sweep directory and the output folder as arguments, not parameters")
     res = store.load(results)
+    params = {**import_defaults(res.meta), **params}
     check_parameters(params, res.runs, res.factors)
     if not len(res.runs):
         raise ValueError(f"results: {str(results)!r} holds no finished runs yet")
@@ -291,16 +374,19 @@ def render(results: str | os.PathLike = DEFAULT_RESULTS, out: str | os.PathLike 
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         nb = None
         try:
+            # the kernel runs in this working directory, so a relative store path (kept as given: the
+            # report names the store by it) means there what it means here
             nb = pm.execute_notebook(str(notebook_path()), str(nb_out),
-                                     parameters={**params, "results": str(results), "out": str(out)},
+                                     parameters={**params, "results": given if not Path(given).is_absolute()
+                                                 else str(results), "out": str(out)},
                                      kernel_name="python3", language="python", progress_bar=False,
                                      request_save_on_cell_execute=False,  # write once, not after every cell
-                                     cwd=str(out), kernel_manager_class=_InterpreterKernel.manager_class())
+                                     cwd=os.getcwd(), kernel_manager_class=_InterpreterKernel.manager_class())
         finally:
             if nb is None and nb_out.is_file():  # failed: keep the traceback, without timestamps
                 nb = nbformat.read(nb_out, as_version=4)
             if nb is not None:
-                _sanitize(nb)
+                _sanitize(nb, shown)
                 nbformat.write(nb, nb_out)
     t1 = time.perf_counter()
     summary = json.loads((out / "summary.json").read_text())
