@@ -283,6 +283,49 @@ class LogConfig:
                                      ("wandb", bool(self.wandb))) if on)
 
 
+TUNE_METRICS = ("val_acc", "val_loss")
+TUNE_RULES = ("best_mean",)
+TUNE_OWN_KEYS = ("seeds", "metric", "rule")  # the other keys of [tune] name the [train]/[model] keys to tune
+# Keys that define the arms (what is compared), never tuned per arm.
+NOT_TUNABLE = ("arch", "placement", "place")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``[tune]``: hyperparameters chosen per arm on the validation set before the evaluation seeds train.
+
+    ``candidates`` holds each tuned ``[train]``/``[model]`` key with its candidate values, keys in
+    alphabetical order and values in the order written: the candidates of an arm are their product in
+    that order (the first key varies slowest), and that order breaks ties (``bnstats/tune.py``). Empty
+    (no key to tune): the sweep trains every arm with the values of ``[train]``/``[model]``, as before.
+    """
+
+    candidates: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (key, candidate values) per tuned key
+    seeds: tuple[int, ...] = ()    # tuning seeds: disjoint from the evaluation seeds
+    metric: str = "val_acc"        # val_acc (highest mean wins) | val_loss (lowest mean wins), final epoch
+    rule: str = "best_mean"        # best mean over the tuning seeds (ties: bnstats.tune.choose)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.candidates)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.candidates)
+
+    def combos(self) -> list[dict[str, Any]]:
+        """Every candidate of an arm as ``{key: value}``, in tie-break order."""
+        return [dict(zip(self.keys, values, strict=True))
+                for values in itertools.product(*(v for _, v in self.candidates))]
+
+    def to_toml(self) -> dict[str, Any]:
+        """The [tune] section as a config file writes it ({} when nothing is tuned)."""
+        if not self.enabled:
+            return {}
+        return {**{k: list(v) for k, v in self.candidates}, "seeds": list(self.seeds), "metric": self.metric,
+                "rule": self.rule}
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -292,7 +335,7 @@ SECTIONS: dict[str, type] = {
     "launcher": LauncherConfig,
     "log": LogConfig,
 }
-TOP_KEYS = ("name", "description", "dataset", "seeds", "grid", *SECTIONS)
+TOP_KEYS = ("name", "description", "dataset", "seeds", "grid", *SECTIONS, "tune")
 DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
 # Keys of [model] that bnstats itself interprets for a model factory; the others go to the factory.
 FACTORY_KEYS = ("arch", "placement", "place")
@@ -407,8 +450,20 @@ class RunConfig:
         return stable_hash(self.identity())
 
     def factor_values(self) -> dict[str, Any]:
+        return {k: self.value(k) for k in self.factors}
+
+    def value(self, key: str) -> Any:
+        """The value of a ``[train]`` or ``[model]`` key (a factory's option) in this run."""
+        return getattr(self.train, key) if key in _keys(TrainConfig) else self.model.value(key)
+
+    def with_values(self, values: dict[str, Any]) -> RunConfig:
+        """This run with ``[train]``/``[model]`` keys set to ``values`` (a tuning candidate, or the values
+        chosen for its arm); its seed, grid factors and bookkeeping stay."""
         train_keys = _keys(TrainConfig)
-        return {k: getattr(self.train, k) if k in train_keys else self.model.value(k) for k in self.factors}
+        train = {k: v for k, v in values.items() if k in train_keys}
+        model = {k: v for k, v in values.items() if k not in train_keys}  # a factory's option too
+        return replace(self, model=self.model.with_values(**model).validate(),
+                       train=replace(self.train, **train).validate())
 
     def to_dict(self) -> dict[str, Any]:
         d = self.identity()
@@ -441,10 +496,12 @@ class SweepConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     @property
     def factors(self) -> tuple[str, ...]:
         return tuple(k for k, _ in self.grid)
+
 
     def runs(self) -> list[RunConfig]:
         """Grid × seeds, seed-major so that all arms of a seed finish close together."""
@@ -479,6 +536,10 @@ class SweepConfig:
         d = _without_defaults(d)
         if self.engine.precision != "fp32":
             d["engine"] = {"precision": self.engine.precision}
+        if self.tune.enabled:  # listed only then: sweeps without [tune] keep the identity they had
+            t = self.tune
+            d["tune"] = {"candidates": [[k, list(v)] for k, v in t.candidates], "seeds": list(t.seeds),
+                         "metric": t.metric, "rule": t.rule}
         return d
 
     def to_dict(self) -> dict[str, Any]:
@@ -488,6 +549,8 @@ class SweepConfig:
             d[sec] = dataclasses.asdict(getattr(self, sec))
         d["model"] = self.model.to_toml()
         d["grid"] = {k: list(v) for k, v in self.grid}
+        if self.tune.enabled:
+            d["tune"] = self.tune.to_toml()
         return d
 
 
@@ -551,14 +614,79 @@ def _grid(raw: Any, sections: dict[str, Any]) -> tuple[tuple[str, tuple[Any, ...
         if len(set(map(repr, values))) != len(values):
             raise _err(f"grid.{key}", "distinct values", values)
         for v in values:  # validate each value through its section's own checks
-            sec = valid[key]
-            try:
-                section = sections[sec]
-                (section.with_values(**{key: v}) if sec == "model" else replace(section, **{key: v})).validate()
-            except ConfigError as e:
-                raise ConfigError(str(e).replace(f"{sec}.{key}:", f"grid.{key}:", 1)) from None
+            _check_value("grid", key, v, valid[key], sections)
         out.append((key, tuple(_frozen(v) for v in values)))
     return tuple(out)
+
+
+def _check_value(prefix: str, key: str, value: Any, sec: str, sections: dict[str, Any]) -> None:
+    """``value`` for ``sec.key`` through that section's own checks; errors named ``prefix.key``."""
+    try:
+        section = sections[sec]
+        (section.with_values(**{key: value}) if sec == "model" else replace(section, **{key: value})).validate()
+    except ConfigError as e:
+        raise ConfigError(str(e).replace(f"{sec}.{key}:", f"{prefix}.{key}:", 1)) from None
+
+
+def _tune(raw: Any, sections: dict[str, Any], grid: tuple[tuple[str, tuple[Any, ...]], ...],
+          seeds: tuple[int, ...]) -> TuneConfig:
+    """``[tune]``: ``seeds``, ``metric``, ``rule`` and the ``[train]``/``[model]`` keys to tune with their
+    candidate lists. Refused (naming the key): an unknown key, a key that is also a grid factor or defines
+    the arms, an empty or non-scalar candidate list, tuning seeds that overlap the evaluation seeds."""
+    if not isinstance(raw, dict):
+        raise _err("[tune]", "a table of keys", raw)
+    if not raw:
+        return TuneConfig()
+    model = sections["model"]
+    valid = _grid_keys(model)
+    var_kw = model.is_factory and factory_parameters(model.arch)[1]
+    factors = [k for k, _ in grid]
+    candidates = []
+    for key in sorted(k for k in raw if k not in TUNE_OWN_KEYS):
+        values = raw[key]
+        if key in NOT_TUNABLE:
+            raise ConfigError(f"tune.{key}: defines the arms that are compared; it cannot be tuned per arm "
+                              "(sweep it in [grid])")
+        if key not in valid and not (var_kw and key not in NOT_OPTIONS):
+            keys = ", ".join(k for k in valid if k not in NOT_TUNABLE)
+            raise ConfigError(f"tune.{key}: unknown key; valid keys of [tune] are: {', '.join(TUNE_OWN_KEYS)} "
+                              f"and the [train]/[model] keys to tune: {keys}")
+        if key in factors:
+            raise ConfigError(f"tune.{key}: also a grid factor ([grid] {key} = {list(dict(grid)[key])}); a key is "
+                              "either compared across arms ([grid]) or tuned within each arm ([tune]), not both")
+        if not isinstance(values, list) or not values:
+            raise _err(f"tune.{key}", "a non-empty list of candidate values", values)
+        if any(isinstance(v, list | dict) for v in values):
+            raise _err(f"tune.{key}", "a list of numbers, strings or booleans", values)
+        if len(set(map(repr, values))) != len(values):
+            raise _err(f"tune.{key}", "distinct candidate values", values)
+        for v in values:
+            _check_value("tune", key, v, valid.get(key, "model"), sections)
+        candidates.append((key, tuple(values)))
+    if not candidates:
+        raise ConfigError("[tune]: names no [train]/[model] key to tune (e.g. lr = [0.025, 0.05, 0.1]); "
+                          "remove the section to train every arm with the same values")
+    if "seeds" not in raw:
+        raise ConfigError("tune.seeds: missing; the tuning seeds, disjoint from the evaluation seeds "
+                          "(e.g. seeds = [1000, 1001, 1002])")
+    tseeds = raw["seeds"]
+    if not (isinstance(tseeds, list) and tseeds and all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in tseeds)) \
+            or len(set(tseeds)) != len(tseeds):
+        raise _err("tune.seeds", "a non-empty list of distinct non-negative integers", tseeds)
+    shared = sorted(set(tseeds) & set(seeds))
+    if shared:
+        raise ConfigError(f"tune.seeds: {shared} are also evaluation seeds (seeds: {_seeds_text(seeds)}); tuning "
+                          "seeds must be disjoint from them, or the seeds that count would have chosen their own "
+                          "hyperparameters")
+    metric = _choice("tune.metric", raw.get("metric", "val_acc"), TUNE_METRICS)
+    rule = _choice("tune.rule", raw.get("rule", "best_mean"), TUNE_RULES)
+    return TuneConfig(candidates=tuple(candidates), seeds=tuple(tseeds), metric=metric, rule=rule)
+
+
+def _seeds_text(seeds: tuple[int, ...]) -> str:
+    s = sorted(seeds)
+    return f"{s[0]}..{s[-1]}" if s == list(range(s[0], s[-1] + 1)) and len(s) > 2 else ", ".join(map(str, s))
 
 
 def from_dict(raw: dict[str, Any]) -> SweepConfig:
@@ -578,8 +706,9 @@ def from_dict(raw: dict[str, Any]) -> SweepConfig:
     sections = {sec: _section(sec, raw.get(sec, {})) for sec in SECTIONS}
     grid = _grid(raw.get("grid", {}), sections)
     seeds = _seeds(raw.get("seeds", 10))
+    tune = _tune(raw.get("tune", {}), sections, grid, seeds)
     return SweepConfig(name=name, description=description, dataset=dataset, seeds=seeds, grid=grid,
-                       **sections)
+                       **sections, tune=tune)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

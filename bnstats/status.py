@@ -46,6 +46,8 @@ def _status(path: str | Path, *, config_path: str | None) -> tuple[pd.DataFrame,
     damaged = store.damaged_units()
     done -= {u.name for u in damaged}
     failed = {rid: info for rid, info in store.failures().items() if rid not in running}
+    if sweep.tune.enabled:
+        return _stage_counts(sweep, store, done, set(running), set(failed)), failed, damaged
     rows = []
     for run in sweep.runs():
         rid = run.run_id
@@ -63,6 +65,28 @@ def _status(path: str | Path, *, config_path: str | None) -> tuple[pd.DataFrame,
     counts = counts[["done", "running", "failed", "missing"]]
     counts.columns.name = None
     return counts.reset_index() if factors else counts.reset_index(drop=True), failed, damaged
+
+
+def _stage_counts(sweep: config_mod.SweepConfig, store: Store, done: set[str], running: set[str],
+                  failed: set[str]) -> pd.DataFrame:
+    """A [tune] sweep: one row per stage and cell (tuning first), with ``waiting`` (evaluation runs of an
+    arm whose tuning is not complete: their values are not chosen yet) and ``tuned`` (the tuning grid, or
+    the values chosen for the arm, recomputed from its stored tuning runs: bnstats.tune)."""
+    from .tune import status_rows
+
+    df = pd.DataFrame(status_rows(sweep, store, done, running, failed))
+    index = ["stage", *sweep.factors, "tuned"]
+    counts = df.assign(n=1).pivot_table(index=index, columns="state", values="n", aggfunc="sum", fill_value=0)
+    states = [*_STATES, "waiting"]
+    for c in states:
+        if c not in counts:
+            counts[c] = 0
+    counts = counts[states]
+    counts.columns.name = None
+    counts = counts.reset_index()
+    order = {"tune": 0, "eval": 1}
+    counts = counts.sort_values("stage", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    return counts[["stage", *sweep.factors, *states, "tuned"]]
 
 
 def _imported_counts(store: Store, meta: dict, config_path: str | None) -> pd.DataFrame:
@@ -98,7 +122,7 @@ def status_dict(path: str | Path, *, config_path: str | None = None) -> dict[str
             continue
         running.append({"run_id": rid, "host": info.get("host"), "pid": info.get("pid"),
                         "heartbeat_age_s": round(age, 1)})
-    total = {c: int(counts[c].sum()) for c in _STATES}
+    total = {c: int(counts[c].sum()) for c in (*_STATES, "waiting") if c in counts}
     cells = [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
              for row in counts.to_dict(orient="records")]
     failures = [{"run_id": rid, "seed": info.get("seed"), "factors": info.get("factors"),
@@ -116,7 +140,7 @@ def status_table(path: str | Path, *, config_path: str | None = None) -> str:
     """The text ``bnstats status`` prints: totals, counts per cell, who runs what, failed runs."""
     d = status_dict(path, config_path=config_path)
     total = d["total"]
-    lines = [f"{path}: {sum(total.values())} runs: " + ", ".join(f"{total[c]} {c}" for c in _STATES),
+    lines = [f"{path}: {sum(total.values())} runs: " + ", ".join(f"{n} {c}" for c, n in total.items()),
              "", _cells_text(d["cells"])]
     if d["running"]:
         here = socket.gethostname()

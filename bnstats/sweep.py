@@ -65,6 +65,7 @@ class Task:
     engine: dict[str, Any] = field(default_factory=dict)  # precision, deterministic, compile
     sweep_identity: str = ""    # written into each run row (store.Store.write); "" = read sweep.json
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)  # [log] sinks fed after each store (sinks.sink_specs)
+    tune: dict[str, Any] = field(default_factory=dict)  # [tune] sweeps: the stage and its columns (bnstats.tune)
 
 
 @dataclass
@@ -120,6 +121,10 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
 
     global _process_runs
 
+    if task.tune.get("defer"):  # an evaluation task whose arm was not decided when it was planned
+        from .tune import execute_deferred
+
+        return execute_deferred(task, execute_task)
     engine = dict(task.engine)
     cpu.apply(engine.pop("cpu_isa", "avx2"))  # before this process's first torch op (bnstats/cpu.py)
     if task.threads:
@@ -147,7 +152,8 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
         try:
             results = train_runs(group, device, stack=task.stack, git_commit=task.git_commit, **engine)
             by_id = {r.run_id: r for r in group}
-            for result in results:
+            for run, result in zip(group, results, strict=True):
+                result.run.update(_stage_columns(task, run))
                 stored = store.write(result)
                 written.add(result.run["run_id"])
                 status = {"run_id": result.run["run_id"], "status": "trained" if stored else "skipped",
@@ -175,6 +181,15 @@ def execute_task(task: Task) -> list[dict[str, Any]]:
 
 # Runs this process has trained: its first pays for the process's first kernels and reads (class Eta).
 _process_runs = 0
+
+
+def _stage_columns(task: Task, run: RunConfig) -> dict[str, Any]:
+    """``stage`` and the tuned values a [tune] sweep's run row records (bnstats.tune); none otherwise."""
+    if not task.tune:
+        return {}
+    from .tune import row_columns
+
+    return row_columns(task.tune, run)
 
 
 def _heartbeat(store: Store, run_ids: list[str], stop: threading.Event, every_s: float = 30.0) -> None:
@@ -317,7 +332,8 @@ def preflight(config: SweepConfig, out: str | Path, *, workers: int | None = Non
     cells = math.prod(len(v) for _, v in config.grid)
     if _n_runs(config) > MAX_RUNS:
         raise ConfigError(
-            f"--seeds: {len(config.seeds)} seeds x {cells} cells = {_n_runs(config):,} runs; one sweep "
+            f"--seeds: {len(config.seeds)} seeds x {cells} cells{' (and their tuning runs)' if config.tune.enabled else ''}"
+            f" = {_n_runs(config):,} runs; one sweep "
             f"plans at most {MAX_RUNS:,} (each costs ~0.3 ms and 2.4 kB to plan before anything trains). Use fewer "
             "seeds (`bnstats plan` on a pilot says how many a comparison needs) or split the grid into sweeps")
     _check_out(Path(out))
@@ -326,9 +342,13 @@ def preflight(config: SweepConfig, out: str | Path, *, workers: int | None = Non
     except data_mod.DatasetFileError as exc:
         raise ConfigError(f"dataset: {exc}") from None
     n_train = len(data_mod.split_validation(ds, config.data.val_split).x_train)
+    if config.tune.enabled and config.data.val_split == 0 and ds.x_val is None:
+        raise ConfigError(f"data.val_split: [tune] chooses each arm's {', '.join(config.tune.keys)} on a validation "
+                          f"set, and {config.dataset!r} brings none; set data.val_split (e.g. 0.1, held out of the "
+                          "training set), got 0")
     x = ds.x_train[:2].float()
     tried: set[str] = set()
-    for run in dataclasses.replace(config, seeds=config.seeds[:1]).runs():  # one run per cell
+    for run in _preflight_runs(config):  # one run per cell (per candidate of a tuned sweep)
         arm = _arm_text(run)
         bs = run.train.batch_size
         if bs > n_train:
@@ -368,7 +388,16 @@ def _has_pair(model: torch.nn.Module, x: torch.Tensor) -> bool:
 
 
 def _n_runs(config: SweepConfig) -> int:
-    return len(config.seeds) * math.prod(len(v) for _, v in config.grid)
+    n_tune = len(config.tune.seeds) * math.prod(len(v) for _, v in config.tune.candidates) if config.tune.enabled else 0
+    return (len(config.seeds) + n_tune) * math.prod(len(v) for _, v in config.grid)
+
+
+def _preflight_runs(config: SweepConfig) -> list[RunConfig]:
+    if config.tune.enabled:
+        from .tune import preflight_runs
+
+        return preflight_runs(config)
+    return dataclasses.replace(config, seeds=config.seeds[:1]).runs()
 
 
 def _arm_text(run: RunConfig) -> str:
@@ -437,9 +466,13 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
     store.repair()
     if _n_runs(config) > LOG_PLANNING_ABOVE:
         log(f"{config.name}: planning {_n_runs(config):,} runs (about {_n_runs(config) * 0.33e-3:.0f} s)")
-    runs = config.runs()
-    ids = [r.run_id for r in runs]
-    todo, done, elsewhere = plan(config, store, runs, ids)
+    staged = _stages(config, store, log)  # a [tune] sweep: both stages (bnstats.tune); None otherwise
+    if staged is None:
+        runs = config.runs()
+        ids = [r.run_id for r in runs]
+        todo, done, elsewhere = plan(config, store, runs, ids)
+    else:
+        ids, todo, done, elsewhere = [], staged.todo, staged.done, staged.elsewhere
     summary = SweepSummary(planned=len(todo) + done + elsewhere, already_done=done, repaired=list(store.repairs))
     busy = f"; {elsewhere} being trained by other processes" if elsewhere else ""
     if not todo:
@@ -452,10 +485,14 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
     stacked = stacks(config, device)
     specs = _prepared_sinks(config, out, summary, log)
     prior = cost_prior(config, out, device)  # before this launch's runs land in the store
-    tasks = pack(todo, lc.runs_per_task, store, device, git_commit(), threads, stack=stacked,
-                 max_stack=ec.max_stack,
-                 engine={"precision": ec.precision, "deterministic": ec.deterministic, "compile": ec.compile,
-                         "cpu_isa": ec.cpu_isa}, sinks=specs)
+    commit = git_commit()
+
+    def packed(chunk: list[RunConfig]) -> list[Task]:
+        return pack(chunk, lc.runs_per_task, store, device, commit, threads, stack=stacked, max_stack=ec.max_stack,
+                    engine={"precision": ec.precision, "deterministic": ec.deterministic, "compile": ec.compile,
+                            "cpu_isa": ec.cpu_isa}, sinks=specs)
+
+    tasks = packed(todo) if staged is None else _stage_tasks(staged, config, packed, executor, workers, device)
     if own:
         if lc.kind == "submitit":
             if workers:
@@ -479,6 +516,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
     bar = Progress([[RunConfig.from_dict(raw) for raw in t.runs] for t in tasks], slots=slots, enabled=progress,
                    log=log, prior=prior, fresh_processes=is_submitit(executor))
     broken = False
+    blocked: set[str] = set()
     try:
         for index, fut in _completed(executor, tasks, log):
             task = tasks[index]
@@ -507,6 +545,10 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
                 elif s["status"] == "failed":
                     summary.failed.append((s["run_id"], s["error"]))
                     bar.note(f"run {s['run_id']} failed: {s['error']}")
+                elif s["status"] == "blocked":  # an arm's evaluation waits for its tuning (bnstats.tune)
+                    if s["error"] not in blocked:
+                        blocked.add(s["error"])
+                        bar.note(f"evaluation waits: {s['error']}")
                 else:
                     summary.skipped += 1
                 for sink, err in (s.get("sink_errors") or {}).items():
@@ -514,7 +556,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
                         summary.sink_errors[sink] = err
                         bar.note(f"log.{sink}: {err}; the run is stored, and this sink is fed no further runs of "
                                  "that task (the store stays complete: bnstats compare / report read it)")
-            bar.task_done(index, statuses)
+            # a tuning run that an evaluation task trained for its arm (bnstats.tune) is not one of its runs
+            bar.task_done(index, [s for s in statuses if not s.get("stolen")])
     except KeyboardInterrupt:
         if is_submitit(executor):
             log("interrupted: the submitted jobs keep running and store their runs; "
@@ -526,11 +569,18 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
             executor.shutdown(wait=True, cancel_futures=True)
         store.compact()
     summary.repaired = list(store.repairs)  # and what the final compaction moved aside
-    stored = store.done_ids()
-    claimed = set(store.active_claims())
-    left = [rid for rid in ids if rid not in stored]
-    summary.running_elsewhere = sum(rid in claimed for rid in left)
-    summary.missing = len(left) - summary.running_elsewhere
+    if staged is None:
+        stored = store.done_ids()
+        claimed = set(store.active_claims())
+        left = [rid for rid in ids if rid not in stored]
+        summary.running_elsewhere = sum(rid in claimed for rid in left)
+        summary.missing = len(left) - summary.running_elsewhere
+    else:
+        from .tune import plan as plan_stages
+
+        final = plan_stages(config, store, staged.arms)
+        summary.running_elsewhere = final.elsewhere
+        summary.missing = final.total - final.done - final.elsewhere
     summary.wall_time_s = time.perf_counter() - t0
     tail = ""
     if summary.running_elsewhere:
@@ -542,6 +592,39 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
     log(f"{config.name}: trained {summary.trained}, failed {len(summary.failed)}, skipped {summary.skipped}"
         f", already stored {done}; {summary.wall_time_s:.1f} s{tail}")
     return summary
+
+
+def _stages(config: SweepConfig, store: Store, log: Callable[[str], None]) -> Any:
+    """The stages of a [tune] sweep against the store (:func:`bnstats.tune.plan`), with one line saying
+    where they stand; None for a sweep without [tune]."""
+    if not config.tune.enabled:
+        return None
+    from .tune import plan as plan_stages
+
+    staged = plan_stages(config, store)
+    decided = sum(c is not None for c in staged.choices)
+    n_tune = sum(len(t) for t in staged.tune_todo)
+    log(f"{config.name}: [tune] {', '.join(config.tune.keys)} per arm on {config.tune.metric}: {n_tune} tuning runs to "
+        f"train; {decided} of {len(staged.arms)} arms decided, the others' evaluation runs start as soon as their "
+        "tuning is complete")
+    return staged
+
+
+def _stage_tasks(staged: Any, config: SweepConfig, packed: Callable[[list[RunConfig]], list[Task]],
+                 executor: Any, workers: int | None, device: str) -> list[Task]:
+    """The tasks of both stages in submission order (:func:`bnstats.tune.tasks`), spaced by the number of
+    tasks that run at once: the local pool's workers, submitit's ``array_parallelism``, an executor's
+    ``_max_workers`` (1 if it has none)."""
+    from .tune import tasks as stage_tasks
+
+    lc = config.launcher
+    if executor is not None:
+        slots = 1 if isinstance(executor, InlineExecutor) else int(getattr(executor, "_max_workers", 1) or 1)
+    elif lc.kind == "submitit":
+        slots = lc.array_parallelism
+    else:
+        slots = workers or lc.workers or default_workers(device)
+    return stage_tasks(staged, config, packed, slots)
 
 
 # ---------------------------------------------------------------------------------------------------

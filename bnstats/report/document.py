@@ -23,6 +23,7 @@ import pandas as pd
 
 from .. import __version__
 from ..cpu import BITWISE_FIELDS
+from ..stats.compare import evaluation_runs
 from ..store import git_commit
 from .figures import PX_PER_IN, draw_figures, save_figure
 from .rendering import check_parameters, display_path, import_defaults, scrub_paths
@@ -54,8 +55,10 @@ def pairing_certificate(runs: pd.DataFrame, factor: str, factors: Sequence[str] 
     ``attrs["checked"]`` lists them, and a hash not checked has ``n_<hash>`` <NA>. With none checked,
     ``ok`` is vacuously true: what the pairing of such runs rests on is the imported store's
     ``pairing`` record, which the report shows instead.
+    Evaluation runs only (tuning runs, ``stage == "tune"``, are left out: ``stats.evaluation_runs``).
     """
     factors = list(factors if factors is not None else runs.attrs.get("factors", []))
+    runs, _ = evaluation_runs(runs)  # a [tune] sweep's tuning runs are not compared: not certified here
     keys = ["seed", *[f for f in factors if f != factor]]
     checked = [h for h in HASHES if h in runs]
     g = runs.groupby(keys, sort=True, observed=True, dropna=False)
@@ -127,9 +130,14 @@ class Report:
 
     def __init__(self, results: str | os.PathLike, out: str | os.PathLike = "", **params: Any):
         from .. import store
+        from ..tune import tune_config_of
 
         self.res = store.load(results)
-        self.runs = self.res.runs
+        # A [tune] sweep's tuning runs chose the arms' hyperparameters: the report compares, describes,
+        # certifies and plots the evaluation runs (self.runs); the tuning section reads self.tune_runs.
+        self.runs, tuned = evaluation_runs(self.res.runs)
+        self.tune_runs = tuned if tuned is not None else self.res.runs.iloc[:0]
+        self.tune = tune_config_of(self.res.meta)
         #: runs imported by ``bnstats import`` (sweep.json has an ``import`` block and no config)
         self.imported = self.res.meta.get("source") == "import"
         #: the sweep's config; empty for an imported store (its runs were trained elsewhere)
@@ -453,7 +461,7 @@ class Report:
         items.append(("Seeds", f"{len(seeds)}: " + esc(seed_ranges(seeds) if _all_int(seeds) else ", ".join(map(str, seeds)))))
         if not self.imported:
             fixed = {k: v for k, v in md.items() if k not in grid}
-            items.append(("Training", esc(training_text(tr, grid))))
+            items.append(("Training", esc(training_text(tr, grid, self.tune.candidates))))
             model = [f"{k} = {'arch default' if k in ('width', 'depth') and v == 0 else v}" for k, v in fixed.items()
                      if k in ("norm", "affine", "width", "depth", "kernel_size", "dropout")]
             if "arch" in runs and "n_params" in runs:
@@ -635,7 +643,7 @@ class Report:
             pairing.update({k: list(self.res.meta.get("pairing", {}).get(k, [])) for k in ("verified", "not_verified")})
         return {
             "title": self.title, "bnstats_version": __version__, "store": self.store_name,
-            "store_hash": store_hash(self.runs), "parameters": params,
+            "store_hash": store_hash(self.res.runs), "parameters": params,
             "metric": self.metric, "factor": self.factor, "baseline": self.baseline, "by": self.by,
             "display": {"scale": self.disp.scale, "unit": self.disp.unit, "diff_unit": self.disp.diff_unit,
                         "label": self.disp.label},
@@ -695,7 +703,7 @@ class Report:
                      "was verified on is stated in the design).")
         else:
             first = (f"We trained {len(self.runs)} runs ({esc(scrub_paths(cfg.get('dataset', '')))}; "
-                     f"{esc(training_text(cfg.get('train', {}), cfg.get('grid', {})))}) "
+                     f"{esc(training_text(cfg.get('train', {}), cfg.get('grid', {}), self.tune.candidates))}) "
                      f"on a grid of {esc(', '.join(self.res.factors))}, replicated over seeds; all arms of a seed share "
                      "their initial weights (where shapes agree) and their data order, so each comparison is paired on seed.")
         parts = [
@@ -784,6 +792,37 @@ class Report:
         items.append("Correlations between moments and accuracy across seeds are descriptive, not causal.")
         return _HTML('<ul class="caveats">' + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
 
+    # --- tuning (a sweep with [tune]: bnstats/report/tuning.py) ---------------------------------------
+    def tuning_block(self) -> list[Any]:
+        """The tuning section beside the headline: the values chosen per arm, the validation metric per
+        candidate (figure), tables ``tuned`` and ``tuning``. Nothing for a sweep without [tune]."""
+        from . import tuning
+
+        return tuning.block(self) if self.tune.enabled else []
+
+    def tuning_methods(self) -> list[_HTML]:
+        """The Methods paragraph stating the tuning protocol and its budget per arm (none without [tune])."""
+        from . import tuning
+
+        if not self.tune.enabled:
+            return []
+        return [_HTML('<p class="methods">' + esc(tuning.methods_text(self, tuning.frames(self)[1])) + "</p>")]
+
+    def tuning_caveats(self) -> list[str]:
+        """Caveats of the tuning (a choice at the edge of its grid, ...): ``caveats_block(extra=...)``."""
+        from . import tuning
+
+        if not self.tune.enabled:
+            return []
+        cand, choices = tuning.frames(self)
+        return tuning.caveats(self, choices, cand)
+
+    def tuning_summary(self) -> dict[str, Any]:
+        """``{"tuning": ...}`` for ``summary.json`` (empty without [tune], so such reports keep their bytes)."""
+        from . import tuning
+
+        return tuning.summary(self) if self.tune.enabled else {}
+
     # --- provenance -------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
         """What the numbers rest on, as plain data (``summary.json``'s ``provenance``; the appendix shows it).
@@ -799,7 +838,7 @@ class Report:
         """
         if getattr(self, "_provenance", None) is not None:
             return self._provenance
-        runs = self.runs
+        runs = self.res.runs  # every stored run: a [tune] sweep's tuning runs chose its values, so they count here
         report_commit = git_commit()
         out: dict[str, Any] = {
             "store": self.store_name, "store_hash": store_hash(runs), "runs": len(runs),

@@ -167,16 +167,20 @@ def seed_ranges(seeds: Sequence[int]) -> str:
     return ", ".join(out)
 
 
-def training_text(tr: dict[str, Any], grid: dict[str, Any]) -> str:
-    """The training protocol as a phrase ("30 epochs, sgd, lr 0.05, ..."); a grid factor lists its levels."""
+def training_text(tr: dict[str, Any], grid: dict[str, Any], tuned: Sequence[tuple[str, Sequence[Any]]] = ()) -> str:
+    """The training protocol as a phrase ("30 epochs, sgd, lr 0.05, ..."); a grid factor lists its levels,
+    a key tuned per arm (``[tune]``: ``(key, candidates)`` pairs) says so with its candidates."""
+    tuned = dict(tuned)
 
     def g(k, default="?"):
+        if k in tuned:
+            return "tuned per arm from " + "/".join(map(str, tuned[k]))
         return "/".join(map(str, grid[k])) if k in grid else tr.get(k, default)
 
     parts = [f"{g('epochs')} epochs", f"{g('optimizer')}", f"lr {g('lr')}", f"{g('schedule')} schedule",
              f"batch {g('batch_size')}"]
     if tr.get("optimizer") == "sgd" or "momentum" in grid:
         parts.append(f"momentum {g('momentum')}")
-    if tr.get("weight_decay") or "weight_decay" in grid:
+    if tr.get("weight_decay") or "weight_decay" in grid or "weight_decay" in tuned:
         parts.append(f"weight decay {g('weight_decay')}")
     return ", ".join(str(p) for p in parts)

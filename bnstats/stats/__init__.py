@@ -5,6 +5,7 @@ Public API::
     paired(a, b, ...)                 -> PairedResult        d = b - a, paired by position
     compare(runs, metric, factor, baseline, ...) -> DataFrame  one row per cell x arm, family decisions
     describe(runs, metric, factor, ...)          -> DataFrame  per cell x arm summaries
+    evaluation_runs(runs)             -> (DataFrame, DataFrame | None)  evaluation and tuning runs (stage)
     crossed(correct_a, correct_b, ...) -> CrossedResult      interval over seeds and test examples
     compare_crossed(runs, ...)        -> DataFrame           crossed() per cell x arm (bit-packed results)
     pack_correct(bools) / unpack_correct(bits, n)            the bit layout of test_correct_bits
@@ -29,7 +30,7 @@ All randomness comes from ``rng`` through ``np.random.default_rng(rng)``; ``rng=
 
 from ._results import DEFAULT_SEED, caveat_list
 from .association import association, correlation, paired_association
-from .compare import COUNT_COLUMNS, compare, describe, plan
+from .compare import COUNT_COLUMNS, compare, describe, evaluation_runs, plan
 from .crossed import CrossedResult, compare_crossed, crossed, pack_correct, unpack_correct
 from .decision import VERDICTS
 from .mixed import MixedResult, mixed
@@ -41,6 +42,6 @@ from .variance import VarianceRatioResult, variance_ratio
 __all__ = [
     "COUNT_COLUMNS", "DEFAULT_SEED", "VERDICTS", "CrossedResult", "MixedResult", "PairedResult",
     "VarianceRatioResult", "adjust", "association", "caveat_list", "compare", "compare_crossed", "correlation",
-    "crossed", "describe", "min_p", "mixed", "pack_correct", "paired", "paired_association", "plan",
+    "crossed", "describe", "evaluation_runs", "min_p", "mixed", "pack_correct", "paired", "paired_association", "plan",
     "seeds_for_halfwidth", "seeds_needed", "unpack_correct", "variance_ratio",
 ]

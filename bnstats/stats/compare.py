@@ -41,6 +41,59 @@ DIFFERENCE_SOURCES = ("counts", "counts recovered from the metric", "floats")
 COUNT_TOLERANCE = 1e-6
 
 
+#: Columns the rows of a tuned sweep carry (``bnstats.tune``): bookkeeping, never grid factors.
+STAGE_COLUMNS = ("stage", "tune_keys", "tune_metric", "tune_rule", "tune_score", "tune_decided_by",
+                 "tune_candidates", "tune_seeds")
+
+
+def evaluation_runs(runs):
+    """``(evaluation runs, tuning runs)`` of a runs frame.
+
+    A sweep with a ``[tune]`` section stores its tuning runs beside the evaluation runs, with
+    ``stage = "tune"``: they chose each arm's hyperparameters on the validation set, on seeds of their
+    own, and are never compared. :func:`compare`, :func:`describe` and :func:`plan` call this first, so
+    no caller can forget it. Rows without a ``stage`` column, or with any other value, are evaluation runs.
+    """
+    if not hasattr(runs, "columns") or "stage" not in runs.columns:
+        return runs, None
+    tune = runs["stage"].astype(object).eq("tune").to_numpy()
+    if not tune.any():
+        return runs, None
+    ev, tr = runs[~tune], runs[tune]
+    if ev.empty:
+        raise ValueError(f"runs: all {len(tr)} rows are tuning runs (stage == 'tune'); the evaluation runs they "
+                         "choose values for are not stored yet, and tuning runs are never compared")
+    return ev, tr
+
+
+def _stage_factors(runs, factors):
+    """``factors`` for a frame with :data:`STAGE_COLUMNS`: when they would be inferred, infer them without
+    those columns and without the tuned keys (``tune_keys``), whose values differ between arms by design."""
+    present = [c for c in STAGE_COLUMNS if c in runs.columns]
+    if factors is not None or "factors" in runs.attrs or not present:
+        return factors
+    tuned = set()
+    if "tune_keys" in runs.columns:
+        tuned = {k for text in runs["tune_keys"].dropna().unique() for k in str(text).split(",") if k}
+    hidden = [c for c in (*present, *sorted(tuned)) if c in runs.columns]
+    from ._frames import resolve_factors
+
+    return resolve_factors(runs.drop(columns=hidden), None, [])
+
+
+def _tuning_excluded(out, tuned, factor, by):
+    """Per comparison row: the tuning runs of its cell, baseline and arm that were left out."""
+    if tuned is None or out.empty:
+        return 0
+    counts = []
+    for r in out.to_dict("records"):
+        m = tuned[factor].isin([r["arm"], r["baseline"]]).to_numpy()
+        for k in by:
+            m &= (tuned[k] == r[k]).to_numpy()
+        counts.append(int(m.sum()))
+    return counts
+
+
 def _check_runs(runs, metric, factor, pair_on):
     v.frame("runs", runs, ["run_id", pair_on, factor, metric] if "run_id" in getattr(runs, "columns", []) else [pair_on, factor, metric])
     if not pd.api.types.is_numeric_dtype(runs[metric]) or pd.api.types.is_bool_dtype(runs[metric]):
@@ -197,7 +250,8 @@ def compare(
     ----------
     runs : pandas.DataFrame
         One row per run: ``run_id``, ``seed``, the grid factor columns, the metric columns and
-        optionally ``diverged`` (bool) and count columns (:data:`COUNT_COLUMNS`: ``test_correct`` and
+        optionally ``diverged`` (bool), ``stage`` (rows with ``"tune"`` are dropped first:
+        :func:`evaluation_runs`) and count columns (:data:`COUNT_COLUMNS`: ``test_correct`` and
         ``n_test`` for ``test_acc``, ``val_correct``/``n_val``, ``train_correct``/``n_train``).
     metric : str
         Metric column (e.g. ``"test_acc"``, a fraction in [0, 1]).
@@ -253,6 +307,9 @@ def compare(
         - ``ci_low_simultaneous``, ``ci_high_simultaneous``, ``simultaneous_method`` (``"bonferroni"``):
           the t intervals at level ``1 - alpha/m``, jointly covering all m differences with probability
           >= 1 - alpha.
+        - ``n_tuning_excluded``: tuning runs of this cell's baseline and arm left out (a sweep with
+          ``[tune]`` stores them with ``stage = "tune"``; they chose the arms' hyperparameters on the
+          validation set and are never compared: :func:`evaluation_runs`). 0 without tuning.
         - ``ci_low_decision``, ``ci_high_decision``, ``decision_interval_method``: the intervals that
           agree with the verdict: on every row the decision interval excludes 0 exactly when the
           verdict is better or worse (an end exactly at 0 is open: ``[0, 0.4]`` reads "> 0 and at most
@@ -299,6 +356,8 @@ def compare(
     v.choice("alternative", alternative, v.ALTERNATIVES)
     mg = v.margin(margin)
     _check_runs(runs, metric, factor, pair_on)
+    runs, tuned = evaluation_runs(runs)
+    factors = _stage_factors(runs, factors)
     hib = infer_higher_is_better(metric, higher_is_better)
     by = resolve_by(runs, by, factor, factors, [metric])
     items = list(_arm_pairs(runs, metric, factor, baseline, by, pair_on, drop_unpaired, diverged, nan_policy))
@@ -325,7 +384,9 @@ def compare(
                      "n_dropped": it["n_dropped"], "n_diverged": it["n_diverged"], "_source": it["source"]})
     out = pd.DataFrame(rows)
     source = out.pop("_source")
-    return _family(out, source, cl=cl, p_adjust=p_adjust, alternative=alternative, margin=mg, hib=hib)
+    out = _family(out, source, cl=cl, p_adjust=p_adjust, alternative=alternative, margin=mg, hib=hib)
+    out["n_tuning_excluded"] = _tuning_excluded(out, tuned, factor, by)
+    return out
 
 
 def _family(out, source, *, cl, p_adjust, alternative, margin, hib):
@@ -367,7 +428,7 @@ def describe(runs, metric="test_acc", factor="placement", *, by=None, factors=No
     Parameters
     ----------
     runs : pandas.DataFrame
-        As in :func:`compare`.
+        As in :func:`compare` (tuning runs, ``stage == "tune"``, are left out).
     metric, factor, by, factors
         As in :func:`compare`.
 
@@ -378,6 +439,8 @@ def describe(runs, metric="test_acc", factor="placement", *, by=None, factors=No
         ``n_diverged``, ``mean``, ``sd`` (ddof=1; NaN when n < 2), ``min``, ``max``. Nothing is rounded.
     """
     v.frame("runs", runs, [factor, metric])
+    runs, _ = evaluation_runs(runs)
+    factors = _stage_factors(runs, factors)
     by = resolve_by(runs, by, factor, factors, [metric])
     rows = []
     for cell, sub in cells(runs, by):
@@ -425,7 +488,8 @@ def plan(
     Parameters
     ----------
     runs : pandas.DataFrame
-        Pilot runs, as in :func:`compare` (count metrics are differenced on counts the same way).
+        Pilot runs, as in :func:`compare` (count metrics are differenced on counts the same way; tuning
+        runs, ``stage == "tune"``, are left out).
     effect : float or None
         Mean difference to detect, in the metric's units (e.g. 0.002 accuracy), for
         :func:`seeds_needed` at ``power`` and ``alpha``. With a one-sided ``alternative`` its sign must
@@ -492,6 +556,8 @@ def plan(
     v.choice("diverged", diverged, v.DIVERGED_POLICIES)
     v.choice("nan_policy", nan_policy, v.NAN_POLICIES)
     _check_runs(runs, metric, factor, pair_on)
+    runs, _ = evaluation_runs(runs)
+    factors = _stage_factors(runs, factors)
     by = resolve_by(runs, by, factor, factors, [metric])
     nan = math.nan
 
