@@ -319,16 +319,17 @@ def plan(config: SweepConfig, store: Any, arm_list: list[Arm] | None = None) -> 
     done = store.done_ids()
     claimed = set(store.active_claims())
     keys = config.tune.keys
-    complete = [a for a in arm_list if all(i in done for i in a.tune_ids())]
-    rows = read_rows(store, [i for a in complete for i in a.tune_ids()], keys) if complete else None
+    complete = {i for i, a in enumerate(arm_list) if all(r in done for r in a.tune_ids())}
+    ids = [r for i in sorted(complete) for r in arm_list[i].tune_ids()]
+    rows = read_rows(store, ids, keys) if complete else None
     out = StagePlan(arm_list, [], [], [])
-    for arm in arm_list:
+    for index, arm in enumerate(arm_list):
         runs = [r for cand in arm.tune_runs for r in cand]
         out.tune_todo.append([r for r in runs if r.run_id not in done and r.run_id not in claimed])
         out.done += sum(r.run_id in done for r in runs)
         out.elsewhere += sum(r.run_id not in done and r.run_id in claimed for r in runs)
         choice = None
-        if arm in complete:
+        if index in complete:
             with contextlib.suppress(IncompleteTuning):  # a unit compacted while read: decided by its task
                 choice = choose_arm(arm, rows, config.tune)
         out.choices.append(choice)
@@ -352,6 +353,7 @@ def tasks(staged: StagePlan, config: SweepConfig, make: Callable[[list[RunConfig
     finished when its evaluation starts (if not, the evaluation task trains or waits for what is left:
     :func:`execute_deferred`). ``make(runs)`` packs runs into tasks (``sweep.pack``)."""
     tune_spec = {"stage": "tune", "keys": list(config.tune.keys)}
+    since = time.time()  # a tuning run that fails after this was tried by this launch: not again (execute_deferred)
     front: list[Any] = []
     order: list[Any] = []
     queue: deque[tuple[int, list[Any]]] = deque()
@@ -363,7 +365,7 @@ def tasks(staged: StagePlan, config: SweepConfig, make: Callable[[list[RunConfig
             front += [dataclasses.replace(t, tune=spec) for t in evals]
             continue
         order += [dataclasses.replace(t, tune=tune_spec) for t in make(staged.tune_todo[i])]
-        queue.append((len(order), [dataclasses.replace(t, tune=_deferred_spec(config, arm)) for t in evals]))
+        queue.append((len(order), [dataclasses.replace(t, tune=_deferred_spec(config, arm, since)) for t in evals]))
         while queue and len(order) - queue[0][0] >= slots - 1:
             order += queue.popleft()[1]
     for _, evals in queue:
@@ -371,10 +373,10 @@ def tasks(staged: StagePlan, config: SweepConfig, make: Callable[[list[RunConfig
     return front + order
 
 
-def _deferred_spec(config: SweepConfig, arm: Arm) -> dict[str, Any]:
+def _deferred_spec(config: SweepConfig, arm: Arm, since: float) -> dict[str, Any]:
     t = config.tune
     return {"stage": "eval", "keys": list(t.keys), "defer": {
-        "metric": t.metric, "rule": t.rule, "seeds": list(t.seeds), "label": arm.label,
+        "metric": t.metric, "rule": t.rule, "seeds": list(t.seeds), "label": arm.label, "since": since,
         "candidates": [dict(c) for c in arm.candidates],
         "tune_runs": [[r.to_dict() for r in runs] for runs in arm.tune_runs]}}
 
@@ -398,9 +400,10 @@ def execute_deferred(task: Any, execute: Callable[[Any], list[dict[str, Any]]]) 
 
     Until every tuning run of the arm is stored: trains those nobody is training (as a tuning task of its
     own, so they are claimed and stored like any other), waits for those live processes are training. A
-    tuning run that fails here, or that cannot be stored, leaves the evaluation runs ``blocked`` (their
-    statuses say why); the next launch trains it and goes on. Returns the statuses of the tuning runs it
-    trained (``"stolen": True``) and of the evaluation runs.
+    tuning run that failed since this launch planned (its own tuning task tried it), fails here or cannot
+    be stored leaves the evaluation runs ``blocked`` (their statuses say why); the next launch trains it
+    and goes on. Returns the statuses of the tuning runs it trained (``"stolen": True``) and of the
+    evaluation runs.
     """
     from .store import Store
 
@@ -418,7 +421,8 @@ def execute_deferred(task: Any, execute: Callable[[Any], list[dict[str, Any]]]) 
         if not missing:
             break
         claimed = store.active_claims()
-        free = [r for r in missing if r.run_id not in claimed and r.run_id not in tried]
+        failed = {rid for rid, info in store.failures().items() if info.get("time", 0) >= spec["since"]}
+        free = [r for r in missing if r.run_id not in claimed and r.run_id not in tried and r.run_id not in failed]
         if free:
             tried.update(r.run_id for r in free)
             for runs in tune_runs:  # one candidate at a time: a stack holds runs that differ only in seed
@@ -429,7 +433,7 @@ def execute_deferred(task: Any, execute: Callable[[Any], list[dict[str, Any]]]) 
                     out += [{**s, "stolen": True} for s in execute(sub)]
             continue
         lost = [r for r in missing if r.run_id not in claimed]
-        if lost:  # tried here and still not stored: failed (recorded in failed/) or could not be stored
+        if lost:  # tried in this launch and still not stored: failed (recorded in failed/) or not storable
             why = (f"its tuning is incomplete: {len(lost)} tuning run(s) of {spec['label']} not stored "
                    f"(e.g. {lost[0].run_id}, seed {lost[0].seed}); the next launch trains them, then this arm")
             return out + [{"run_id": RunConfig.from_dict(r).run_id, "status": "blocked", "error": why}
@@ -454,21 +458,22 @@ def status_rows(config: SweepConfig, store: Any, done: set[str], running: set[st
     running, failed, missing; ``waiting``: an evaluation run of an arm whose tuning is not complete) and
     ``tuned`` (the arm's chosen values, once decided)."""
     arm_list = arms(config)
-    complete = [a for a in arm_list if all(i in done for i in a.tune_ids())]
-    rows = read_rows(store, [i for a in complete for i in a.tune_ids()], config.tune.keys) if complete else None
+    complete = {i for i, a in enumerate(arm_list) if all(r in done for r in a.tune_ids())}
+    ids = [r for i in sorted(complete) for r in arm_list[i].tune_ids()]
+    rows = read_rows(store, ids, config.tune.keys) if complete else None
 
     def state(rid: str) -> str:
         return "done" if rid in done else "running" if rid in running else "failed" if rid in failed else "missing"
 
     out = []
     n_cand = len(config.tune.combos())
-    for arm in arm_list:
+    for index, arm in enumerate(arm_list):
         f = dict(arm.factors)
         for rid in arm.tune_ids():
             out.append({"stage": "tune", **f, "state": state(rid),
                         "tuned": f"{n_cand} candidates x {len(config.tune.seeds)} seeds"})
         choice = None
-        if arm in complete:
+        if index in complete:
             with contextlib.suppress(IncompleteTuning):
                 choice = choose_arm(arm, rows, config.tune)
         if choice is None:

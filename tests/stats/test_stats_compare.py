@@ -16,7 +16,7 @@ def test_one_row_per_cell_and_arm(runs):
     expected = ["dataset", "arch", "activation", "factor", "metric", "arm", "baseline", *PAIRED_KEYS,
                 "n_dropped", "n_diverged", "p_adj", "p_adjust_method", "differences", "family_size", "p_tost_adj",
                 "ci_low_simultaneous", "ci_high_simultaneous", "simultaneous_method", "ci_low_decision",
-                "ci_high_decision", "decision_interval_method"]
+                "ci_high_decision", "decision_interval_method", "n_tuning_excluded"]
     assert list(out.columns) == expected
     assert set(out["arm"]) == {"after", "none"} and (out["baseline"] == "before").all()
     num = out[["estimate", "ci_low", "ci_high", "p_t", "p_adj", "d_z", "boot_ci_low", "p_wilcoxon", "p_signflip"]]
