@@ -235,11 +235,14 @@ def test_an_arms_evaluation_starts_when_its_own_tuning_is_complete(tmp_path, dat
     assert all(defer for stage, defer, _ in ex.seen if stage == "eval")  # decided in the task, from the store
 
 
-def test_an_evaluation_task_that_runs_first_trains_its_arms_tuning_itself(tmp_path, data_root):
+@pytest.mark.parametrize("stack", ["off", "on"])
+def test_an_evaluation_task_that_runs_first_trains_its_arms_tuning_itself(tmp_path, data_root, stack):
     """A queue may start an evaluation task before its arm's tuning tasks (Slurm arrays run in any order):
-    the task trains the tuning runs nobody trains, decides, and trains; the tuning tasks then skip."""
+    the task trains the tuning runs nobody trains, decides, and trains; the tuning tasks then skip.
+    Stacked (the GPU default: a task per arm and candidate, its seeds as one model) or one run at a time."""
     cfg_path = tmp_path / "t.toml"
-    cfg_path.write_text(tuned_toml(data_root, lrs=[0.02, 0.1], seeds=1, tune_seeds=[100]))
+    cfg_path.write_text(tuned_toml(data_root, lrs=[0.02, 0.1], seeds=2, tune_seeds=[100, 101],
+                                   extra=f'[engine]\nstack = "{stack}"\n'))
 
     class Lazy:
         """A future with only ``result()``: the first one asked runs every task submitted, last first."""
@@ -267,14 +270,16 @@ def test_an_evaluation_task_that_runs_first_trains_its_arms_tuning_itself(tmp_pa
                 fn, args, fut = self.pending.pop()
                 fut.value = fn(*args)
 
-    s = run_sweep(config.load(cfg_path), tmp_path / "sw", executor=Reversed(), progress=False)
+    s = run_sweep(config.load(cfg_path), tmp_path / "sw", executor=Reversed(), progress=False, device="cpu")
     runs = store.load(tmp_path / "sw").runs
-    assert s.ok and len(runs) == 9 and runs["run_id"].is_unique
-    assert s.trained == 9 and s.skipped == 6  # the 6 tuning runs trained by evaluation tasks, skipped later
+    assert s.ok and len(runs) == 18 and runs["run_id"].is_unique
+    assert s.trained == 18 and s.skipped == 12  # the 12 tuning runs trained by evaluation tasks, skipped later
+    assert set(runs["engine"]) == ({"stack"} if stack == "on" else {"single"})
     tr = runs[runs["stage"] == "tune"]
     for p in ("before", "after", "none"):
         ev = runs[(runs["stage"] == "eval") & (runs["placement"] == p)]
-        assert ev["lr"].tolist() == [_independent_choice(tr[tr["placement"] == p], [0.02, 0.1], [100])]
+        want = _independent_choice(tr[tr["placement"] == p], [0.02, 0.1], [100, 101])
+        assert ev["lr"].tolist() == [want, want]
 
 
 def test_a_failed_tuning_run_blocks_only_its_arm_and_the_next_launch_finishes(tmp_path, data_root, monkeypatch,
@@ -309,6 +314,18 @@ def test_a_failed_tuning_run_blocks_only_its_arm_and_the_next_launch_finishes(tm
     monkeypatch.setattr(train_mod, "train_stack", real)
     s = run_sweep(cfg, out, executor=InlineExecutor(), progress=False)
     assert s.ok and s.trained == 2 and len(store.load(out).runs) == 9
+
+
+def test_adding_evaluation_seeds_trains_only_them_with_the_stored_choice(tuned, tmp_path):
+    cfg_path, out = tuned
+    copy = tmp_path / "sw"
+    shutil.copytree(out, copy)
+    s = run_sweep(config.load(cfg_path, seeds=3), copy, executor=InlineExecutor(), progress=False)
+    assert s.ok and s.trained == 3 and s.already_done == 24
+    runs = store.load(copy).runs
+    ev = runs[runs["stage"] == "eval"]
+    assert sorted(ev["seed"].unique()) == [0, 1, 2] and (ev.groupby("placement")["lr"].nunique() == 1).all()
+    assert store.verify(copy).ok
 
 
 def test_status_shows_both_stages_with_the_chosen_values(tuned, capsys):
@@ -446,3 +463,87 @@ def test_the_store_identity_covers_tune_and_untuned_sweeps_keep_theirs(tuned, tm
     meta = store.Store(out).meta()
     assert store.stored_config(meta).tune == config.load(cfg_path).tune
     assert tune.tune_config_of(meta) == config.load(cfg_path).tune
+
+
+# --- launchers: submitit's subprocesses (every task at once) and a real Slurm job array --------------------
+
+
+def _two_arm_toml(data_root) -> str:
+    return tuned_toml(data_root, lrs=[0.02, 0.1], seeds=1, tune_seeds=[100]).replace(
+        'placement = ["before", "after", "none"]', 'placement = ["before", "none"]')
+
+
+def _check_two_arm_store(out, cfg) -> None:
+    runs = store.load(out).runs
+    assert len(runs) == 6 and runs["run_id"].is_unique
+    assert not store.load(out).curves.duplicated(["run_id", "epoch"]).any()
+    tr = runs[runs["stage"] == "tune"]
+    for p in ("before", "none"):
+        ev = runs[(runs["stage"] == "eval") & (runs["placement"] == p)]
+        assert ev["lr"].tolist() == [_independent_choice(tr[tr["placement"] == p], [0.02, 0.1], [100])]
+
+
+@pytest.mark.slow  # 4 processes that each import torch: ~50 s on 2 shared cores
+def test_submitit_runs_both_stages_with_every_task_started_at_once(tmp_path, data_root):
+    """submitit's local executor starts every task as its own process at once: the evaluation tasks find
+    their arm's tuning running (claimed) or not started, and wait for it or train it."""
+    pytest.importorskip("submitit")
+    cfg_path = tmp_path / "t.toml"
+    cfg_path.write_text(_two_arm_toml(data_root))
+    cfg = config.load(cfg_path, overrides=['launcher.kind="submitit"', 'launcher.cluster="local"',
+                                           "launcher.runs_per_task=2", "launcher.time_min=5"])
+    out = tmp_path / "sw"
+    lines: list[str] = []
+    s = run_sweep(cfg, out, progress=False, log=lines.append)
+    assert s.ok and not s.errors and s.trained == 6, lines
+    assert len(list((out / "submitit").glob("*_result.pkl"))) == 4  # per arm: one tuning and one evaluation task
+    _check_two_arm_store(out, cfg)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(170)
+def test_a_tuned_sweep_runs_as_a_slurm_job_array(tmp_path, data_root):
+    from test_slurm import ENABLE, _slurm_missing
+
+    reason = _slurm_missing()
+    if reason:
+        pytest.skip(f"{reason}: {ENABLE}")
+    import subprocess
+
+    from bnstats import data
+
+    data.load("mnist1d", data_root)  # the jobs find the cache and only read it
+    cfg_path = tmp_path / "t.toml"
+    cfg_path.write_text(_two_arm_toml(data_root).replace('name = "tuned"', 'name = "tuned-slurm"'))
+    cfg = config.load(cfg_path, overrides=[
+        'launcher.kind="submitit"', 'launcher.cluster="slurm"', "launcher.runs_per_task=2",
+        "launcher.cpus_per_task=1", "launcher.mem_gb=1", "launcher.time_min=10", "launcher.array_parallelism=2"])
+    out = tmp_path / "sw"
+    lines: list[str] = []
+    try:
+        s = run_sweep(cfg, out, progress=False, log=lines.append)
+    finally:  # leave no job behind if the test fails
+        subprocess.run(["scancel", "--name", "bnstats-tuned-slurm"], capture_output=True, timeout=20)
+    assert s.ok and s.trained == 6 and not s.errors, "\n".join(lines)
+    assert any("submitit/slurm" in line for line in lines)
+    _check_two_arm_store(out, cfg)
+
+
+def test_the_tuned_reference_config_is_the_reference_study_with_lr_tuned_per_arm():
+    from conftest import REPO
+
+    tuned_cfg = config.load(REPO / "configs" / "reference-mnist1d-tuned.toml")
+    fixed = config.load(REPO / "configs" / "reference-mnist1d.toml")
+    assert tuned_cfg.grid == fixed.grid and tuned_cfg.seeds == fixed.seeds == tuple(range(30))
+    assert dataclasses_equal_but(tuned_cfg.train, fixed.train, "lr") and tuned_cfg.model == fixed.model
+    assert tuned_cfg.tune.candidates == (("lr", (0.0125, 0.025, 0.05, 0.1, 0.2)),)
+    assert tuned_cfg.tune.seeds == (1000, 1001, 1002) and tuned_cfg.data.val_split == 0.1
+    arm_list = tune.arms(tuned_cfg)
+    assert len(arm_list) == 18 and sum(len(a.tune_ids()) for a in arm_list) == 270
+    assert sum(len(a.eval_runs) for a in arm_list) == 540
+
+
+def dataclasses_equal_but(a, b, *keys) -> bool:
+    import dataclasses
+
+    return dataclasses.replace(a, **{k: getattr(b, k) for k in keys}) == b
