@@ -594,6 +594,23 @@ def run_sweep(config: SweepConfig, out: str | Path, *, executor: Any = None,
     return summary
 
 
+def _all_runs(config: SweepConfig, store: Store | None) -> list[RunConfig]:
+    """Every run of a sweep; a [tune] sweep: its tuning runs, then its evaluation runs, with the values
+    chosen from ``store``'s tuning runs where an arm is decided (else at the config's values, as placeholders
+    of the runs its evaluation will train)."""
+    if not config.tune.enabled:
+        return config.runs()
+    from .tune import arms, plan
+
+    if store is None:
+        arm_list = arms(config)
+        return [r for a in arm_list for c in a.tune_runs for r in c] + [r for a in arm_list for r in a.eval_runs]
+    staged = plan(config, store)
+    evals = [r for a, c in zip(staged.arms, staged.choices, strict=True) for r in (a.eval_runs if c is None else
+                                                                                  a.resolved(c))]
+    return [r for a in staged.arms for c in a.tune_runs for r in c] + evals
+
+
 def _stages(config: SweepConfig, store: Store, log: Callable[[str], None]) -> Any:
     """The stages of a [tune] sweep against the store (:func:`bnstats.tune.plan`), with one line saying
     where they stand; None for a sweep without [tune]."""
@@ -1089,7 +1106,7 @@ def dry_run(config: SweepConfig, out: str | Path, *, workers: int | None = None,
         state = "not a sweep"
     else:
         state = "new"
-    runs = config.runs()
+    runs = _all_runs(config, Store(out) if stored_ids or running_ids else None)
     todo = [r for r in runs if r.run_id not in stored_ids and r.run_id not in running_ids]
     if runs and not todo and not running_ids:
         state = "done"

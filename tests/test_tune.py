@@ -328,6 +328,17 @@ def test_adding_evaluation_seeds_trains_only_them_with_the_stored_choice(tuned, 
     assert store.verify(copy).ok
 
 
+def test_a_dry_run_counts_both_stages(tuned, tmp_path):
+    from bnstats.sweep import dry_run
+
+    cfg_path, out = tuned
+    cfg = config.load(cfg_path)
+    new = dry_run(cfg, tmp_path / "new", device="cpu")
+    assert (new.state, new.n_runs, new.n_to_train) == ("new", 24, 24)  # 18 tuning + 6 evaluation runs
+    done = dry_run(cfg, out, device="cpu")
+    assert (done.state, done.n_stored, done.n_to_train) == ("done", 24, 0)
+
+
 def test_status_shows_both_stages_with_the_chosen_values(tuned, capsys):
     from bnstats.status import status_dict
 
@@ -530,8 +541,9 @@ def test_a_tuned_sweep_runs_as_a_slurm_job_array(tmp_path, data_root):
 
 
 def test_the_tuned_reference_config_is_the_reference_study_with_lr_tuned_per_arm():
-    from conftest import REPO
+    from pathlib import Path
 
+    REPO = Path(__file__).resolve().parents[1]
     tuned_cfg = config.load(REPO / "configs" / "reference-mnist1d-tuned.toml")
     fixed = config.load(REPO / "configs" / "reference-mnist1d.toml")
     assert tuned_cfg.grid == fixed.grid and tuned_cfg.seeds == fixed.seeds == tuple(range(30))
