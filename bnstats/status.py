@@ -7,6 +7,9 @@ or its worker died). A damaged unit does not count as done: it is listed (the fi
 and its run counts as missing, since the next sweep moves it to ``quarantine/`` and trains it again.
 Reads only: works on a sweep being trained, and on a read-only copy.
 An imported store (``bnstats import``) has no grid to count against: its runs per cell, all done.
+A sweep with ``[tune]``: one row per stage (``tune``, ``eval``) and cell, with ``waiting`` (evaluation
+runs of an arm whose tuning is not complete, so their values are not chosen yet) and ``tuned`` (the
+values chosen for the arm, recomputed from its stored tuning runs).
 """
 
 from __future__ import annotations

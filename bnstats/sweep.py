@@ -11,6 +11,11 @@ While tasks run, :class:`Progress` shows runs done / running / failed, elapsed t
 (:class:`Eta`: a model of the pool fed with each arch's measured run times). Each stored run is also fed
 to the ``[log]`` sinks (:mod:`bnstats.sinks`) by the worker that stored it. :func:`dry_run` says what a
 launch would train, where and for how long, writing nothing.
+
+A sweep with a ``[tune]`` section trains in two stages, tuning then evaluation, planned and decided by
+:mod:`bnstats.tune`: its tasks are submitted together, and an evaluation task decides its arm's values
+from the stored tuning runs when it runs (``Task.tune``), so an arm's evaluation starts when its own
+tuning is complete.
 """
 
 from __future__ import annotations
