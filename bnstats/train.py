@@ -192,9 +192,9 @@ def evaluate(logits, x: torch.Tensor, y: torch.Tensor, batch_size: int, seeds: i
              ) -> Evaluation:
     """Cross-entropy and correct counts of every seed on a shared ``x, y``.
 
-    ``logits(x)`` gives ``[n, S, K]``. ``first_batch`` is entered around the first batch's forward pass:
-    the probe rides on it (its inputs are the first test inputs, in eval mode) instead of costing a
-    forward pass of its own.
+    ``logits(x)`` gives ``[n, S, K]`` (``[n, K]`` for one seed: the model's own output, no extra op).
+    ``first_batch`` is entered around the first batch's forward pass: the probe rides on it (its inputs
+    are the first test inputs, in eval mode) instead of costing a forward pass of its own.
     """
     loss = torch.zeros(seeds, dtype=torch.float64, device=x.device)
     correct = torch.zeros(seeds, dtype=torch.int64, device=x.device)
@@ -203,14 +203,18 @@ def evaluate(logits, x: torch.Tensor, y: torch.Tensor, batch_size: int, seeds: i
         with first_batch if i == 0 and first_batch is not None else contextlib.nullcontext():
             out = logits(x[i:i + batch_size])
         yb = y[i:i + batch_size]
-        n, _, k = out.shape
-        ce = F.cross_entropy(out.float().reshape(n * seeds, k), yb.repeat_interleave(seeds), reduction="none")
-        loss += ce.view(n, seeds).sum(0).double()
-        hit = out.argmax(2) == yb[:, None]
+        if seeds == 1:
+            loss += F.cross_entropy(out.float(), yb, reduction="sum").double()
+            hit = out.argmax(-1) == yb
+        else:
+            n, _, k = out.shape
+            ce = F.cross_entropy(out.float().reshape(n * seeds, k), yb.repeat_interleave(seeds), reduction="none")
+            loss += ce.view(n, seeds).sum(0).double()
+            hit = out.argmax(2) == yb[:, None]
         correct += hit.sum(0)
         if per_example:
             examples.append(hit)
-    return Evaluation(loss, correct, torch.cat(examples) if per_example else None)
+    return Evaluation(loss, correct, torch.cat(examples).view(len(x), seeds) if per_example else None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -333,12 +337,23 @@ def _train(runs: list[RunConfig], device: torch.device, git_commit: str, precisi
     forward = torch.compile(model) if compiled else model
 
     def logits(x: torch.Tensor, *, shared: bool = False, fast: bool = False) -> torch.Tensor:
-        """``[N, S, K]``. ``shared``: ``x`` is ``[N, C, ...]``, the same for every seed (evaluation, probes);
-        otherwise packed ``[N, S*C, ...]``. ``fast``: through the compiled model (no hooks there)."""
+        """``[N, S, K]``, or the model's own ``[N, K]`` for one seed. ``shared``: ``x`` is ``[N, C, ...]``, the
+        same for every seed (evaluation, probes); otherwise packed ``[N, S*C, ...]`` (``[N, C, ...]`` for
+        one). ``fast``: through the compiled model (no hooks there)."""
         m = forward if fast else model
         with autocast:
-            out = m(x, shared=True) if shared and S > 1 else m(x)
-        return out.view(out.shape[0], S, -1)
+            return m(x, shared=True) if shared and S > 1 else m(x)
+
+    def seed_losses(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each seed's mean cross-entropy (``[S]``; a scalar for one seed) and the loss to differentiate:
+        their sum (seeds share no op, so each gets exactly its own gradient)."""
+        if S == 1:
+            per = F.cross_entropy(out.float(), y, label_smoothing=tc.label_smoothing)
+            return per, per
+        B, _, K = out.shape
+        per = F.cross_entropy(out.float().reshape(B * S, K), y.reshape(B * S), label_smoothing=tc.label_smoothing,
+                              reduction="none").view(B, S).mean(0)
+        return per, per.sum()
 
     def shared(x: torch.Tensor) -> torch.Tensor:
         return logits(x, shared=True)
@@ -380,7 +395,8 @@ def _train(runs: list[RunConfig], device: torch.device, git_commit: str, precisi
                 if not stopped[i]:  # a diverged seed draws no order after the epoch it diverged in
                     order_hashes[i].update(perm.numpy().astype("<i8").tobytes())
                 idx.append(perm.view(steps_per_epoch, tc.batch_size))
-            batches = torch.stack(idx, dim=2).to(device)  # [steps, B, S]: x_train[batches[i]] is [B, S, ...]
+            # [steps, B, S]: x_train[batches[i]] is [B, S, ...]; one seed: [steps, B] and [B, ...]
+            batches = (torch.stack(idx, dim=2) if S > 1 else idx[0]).to(device)
             if augment:  # each seed's crops and flips, drawn step by step as data.augment draws them
                 drawn = [[data.draw_augment(aug_gens[i], tc.batch_size, padding=run0.data.crop_padding)
                           for _ in range(steps_per_epoch)] for i in range(S)]
@@ -395,26 +411,26 @@ def _train(runs: list[RunConfig], device: torch.device, git_commit: str, precisi
                 b = batches[i]                                   # [B, S]
                 xb, yb = dd.x_train[b], dd.y_train[b]            # [B, S, C, ...], [B, S]
                 if augment:
-                    xb = data.augment_drawn(xb.flatten(0, 1), offs[i].flatten(1, 2), flips[i].flatten(),
-                                            padding=run0.data.crop_padding, flip=run0.data.flip).view(xb.shape)
-                xb = xb.flatten(1, 2)                            # packed [B, S*C, ...] ([B, C, ...] for one)
+                    xb = data.augment_drawn(xb.reshape(-1, *xb.shape[-3:]), offs[i].reshape(2, -1),
+                                            flips[i].reshape(-1), padding=run0.data.crop_padding,
+                                            flip=run0.data.flip).view(xb.shape)
+                if S > 1:
+                    xb = xb.flatten(1, 2)                        # packed [B, S*C, ...]
                 if rec is not None and mc.every and step % mc.every == 0:
                     with rec.recording(epoch=epoch, step=step, source="train"):
                         out = logits(xb)
                 else:
                     out = logits(xb, fast=True)
-                B, _, K = out.shape
-                per = F.cross_entropy(out.float().reshape(B * S, K), yb.reshape(B * S),
-                                      label_smoothing=tc.label_smoothing, reduction="none").view(B, S).mean(0)
+                per, total = seed_losses(out, yb)
                 opt.zero_grad(set_to_none=True)
-                per.sum().backward()  # seeds share no op: each gets exactly its own gradient
+                total.backward()
                 opt.step()
                 sched.step()
                 per = per.detach()
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(per), step_t, first_bad)
                 step_t += 1
                 loss_sum += per.double()
-                correct += (out.detach().argmax(2) == yb).sum(0)
+                correct += (out.detach().argmax(-1) == yb).sum(0)
                 step += 1
 
             # --- once per epoch: evaluate (the probe rides on it), then the single host read ---------
