@@ -64,12 +64,12 @@ def _sweep_result(cfg, out: Path, summary) -> None:
     else:
         factor, baseline = choice
         flags = "" if (factor, baseline) == ("placement", "before") else f" --factor {factor} --baseline {baseline}"
-        print(f"Headline (bnstats compare {out}{flags}): test_acc, arm − {baseline} per cell, paired on seed "
-              "(fractions: 0.01 = 1 percentage point)")
+        print(f"Headline (bnstats compare {out}{flags}):")
         from . import store
 
         try:
-            print_comparison(store.load(out).runs, factor=factor, baseline=baseline)
+            res = store.load(out)
+            print_comparison(res.runs, factor=factor, baseline=baseline, config=res.config)
         except ValueError as e:  # e.g. a single seed: no paired comparison yet
             print(f"(no comparison: {e})")
     print(f"Report: bnstats report {out}   (writes {out / 'report'}/: report.pdf, report.html, tables/, figures/)")
@@ -132,7 +132,8 @@ _MAPPING_ONLY = ("seed", "init_hash", "order_hash", "mapping")
 
 
 def _analysis(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The runs, and the ``metric``, ``factor``, ``baseline`` and ``by`` that compare/plan use.
+    """The runs, and the ``metric``, ``factor``, ``baseline`` and ``by`` that compare/plan use, and ``config``
+    (the sweep's, for the caveats the design implies; None for imported runs).
 
     A sweep: the flags, else the sweep defaults. An imported store: the flags, else its mapping. Any other
     path is a source read by ``bnstats.importers`` with the mapping flags (``--mapping TOML``, ``--seed``,
@@ -152,7 +153,8 @@ def _analysis(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         mapping = dataclasses.replace(mapping, baseline=_SWEEP_DEFAULTS["baseline"])
     imp = importers.read(path, mapping)
     m = imp.meta["import"]["mapping"]
-    return imp.runs, {"metric": m["metric"][0], "factor": m["factor"], "baseline": m["baseline"], "by": m["by"]}
+    return imp.runs, {"metric": m["metric"][0], "factor": m["factor"], "baseline": m["baseline"], "by": m["by"],
+                      "config": None}
 
 
 def _store_analysis(args: argparse.Namespace, path: Path) -> tuple[Any, dict[str, Any]]:
@@ -167,14 +169,16 @@ def _store_analysis(args: argparse.Namespace, path: Path) -> tuple[Any, dict[str
     if not len(runs):
         raise ValueError(f"DIR: {str(path)!r} holds no finished runs yet")
     if not importers.is_imported(res.meta):
-        return runs, {k: getattr(args, k) or v for k, v in _SWEEP_DEFAULTS.items()} | {"by": _by(args)}
+        return runs, {k: getattr(args, k) or v for k, v in _SWEEP_DEFAULTS.items()} | {"by": _by(args),
+                                                                                        "config": res.config}
     m = importers.stored_mapping(res.meta)
     metric = args.metric or m.metric[0]
     factor = args.factor or m.factor
     importers.check_metric(runs, metric)
     text = args.baseline or m.baseline or _SWEEP_DEFAULTS["baseline"]
     baseline = importers.level_of(runs, factor, text) if factor in runs else text
-    return runs, {"metric": metric, "factor": factor, "baseline": baseline, "by": _by(args) or list(m.by)}
+    return runs, {"metric": metric, "factor": factor, "baseline": baseline, "by": _by(args) or list(m.by),
+                  "config": None}
 
 
 def _stored_runs(path: str):
@@ -201,33 +205,32 @@ def _numeric_metric(runs, metric: str) -> None:
         raise ValueError(f"--metric: {metric!r} {what}; numeric columns: {allowed}")
 
 
-def _print_table(table, columns: list[str], csv: str | None) -> None:
-    from .report import format_for_reading
-
+def _write_csv(table, csv: str | None) -> None:
+    """``--csv FILE``: the whole frame with every digit (pandas writes the shortest repr that round-trips)."""
     if csv:
         table.to_csv(csv, index=False)
-    by = list(table.columns[: list(table.columns).index("factor")])
-    print(format_for_reading(table[[*by, *[c for c in columns if c in table]]]))
 
 
-COMPARE_COLUMNS = ["arm", "baseline", "n", "estimate", "ci_low", "ci_high", "boot_ci_low", "boot_ci_high", "d_z", "p",
-                   "p_adj", "verdict"]
 MIXED_COLUMNS = ["factor", "arm", "baseline", "other", "level", "reference", "estimate", "ci_low", "ci_high", "p",
                  "p_adj", "n_seeds", "converged"]
 
 
 def print_comparison(runs, *, metric: str = "test_acc", factor: str = "placement", baseline: str = "before",
                      by: list[str] | None = None, margin=None, confidence_level: float = 0.95, p_adjust: str = "holm",
-                     diverged: str = "drop_pair", rng: int | None = None, csv: str | None = None) -> None:
-    """Print ``stats.compare`` rounded for reading (what ``bnstats compare`` and the end of ``bnstats sweep``
-    print); ``csv``: also write the full table, unrounded."""
+                     diverged: str = "drop_pair", rng: int | None = None, csv: str | None = None,
+                     config: dict | None = None) -> None:
+    """Print ``stats.compare`` as the report reads it (what ``bnstats compare`` and the end of ``bnstats sweep``
+    print: ``bnstats.report.compare_text``, with the caveats of the design, from ``config``, the sweep's;
+    None for imported runs); ``csv``: also write the full table, unrounded."""
     from . import stats
+    from .report import compare_text
 
     table = stats.compare(
         runs, metric=metric, factor=factor, baseline=baseline, by=by, margin=margin,
         confidence_level=confidence_level, p_adjust=p_adjust, diverged=diverged,
         nan_policy="omit" if diverged == "keep" else "raise", rng=rng)
-    _print_table(table, COMPARE_COLUMNS, csv)
+    _write_csv(table, csv)
+    print(compare_text(table, runs=runs, config=config, diverged=diverged))
 
 
 @_value_errors_are_usage
@@ -241,7 +244,7 @@ def _compare(args: argparse.Namespace) -> int:
     print_comparison(
         runs, metric=a["metric"], factor=a["factor"], baseline=a["baseline"], by=a["by"],
         margin=_margin(args.margin), confidence_level=args.confidence_level, p_adjust=args.p_adjust,
-        diverged=args.diverged, rng=args.rng, csv=args.csv)
+        diverged=args.diverged, rng=args.rng, csv=args.csv, config=a["config"])
     return 0
 
 
@@ -285,6 +288,7 @@ def _compare_mixed(args: argparse.Namespace) -> int:
 @_value_errors_are_usage
 def _plan(args: argparse.Namespace) -> int:
     from . import stats
+    from .report import plan_text
 
     if args.effect is None and args.halfwidth is None:
         raise ValueError("plan needs --effect (for --power) or --halfwidth (CI half-width), or both")
@@ -293,8 +297,8 @@ def _plan(args: argparse.Namespace) -> int:
     table = stats.plan(
         runs, metric=a["metric"], factor=a["factor"], baseline=a["baseline"], by=a["by"], effect=args.effect,
         halfwidth=args.halfwidth, power=args.power, alpha=args.alpha, nan_policy=args.nan_policy)
-    _print_table(table, ["arm", "baseline", "n_pilot", "estimate", "sd_diff", "d_z", "seeds_for_power",
-                         "seeds_for_halfwidth", "n_planned", "caveats"], args.csv)
+    _write_csv(table, args.csv)
+    print(plan_text(table))
     return 0
 
 

@@ -37,6 +37,9 @@ def test_the_pairing_certificate_holds(results):
     assert cert["ok"].all(), cert[~cert["ok"]].to_dict("records")
 
 
+@pytest.mark.xfail(strict=True, reason="headline_markdown now puts the verdict beside its decision interval, with "
+                   "a footnote (issue 19 item 1); the lead regenerates README.md's reference table from it, then "
+                   "removes this mark (strict: the test fails as soon as the README matches)")
 def test_readme_headline_table_is_what_compare_gives_on_the_shipped_store(results):
     table = report.headline_markdown(results)
     readme = (REPO / "README.md").read_text()

@@ -47,9 +47,16 @@ def report_sweep(tmp_path_factory, data_root) -> Path:
     return report_sweep_dir(tmp_path_factory, data_root)
 
 
+def rendered_dir(tmp_path_factory, sweep: Path) -> Path:
+    """The fixture sweep's report, rendered once per session (shared with test_report_claims.py)."""
+    if "rendered" not in _SWEEPS:
+        _SWEEPS["rendered"] = report.render(sweep, tmp_path_factory.mktemp("report") / "out")
+    return _SWEEPS["rendered"]
+
+
 @pytest.fixture(scope="session")
 def rendered(report_sweep, tmp_path_factory) -> Path:
-    return report.render(report_sweep, tmp_path_factory.mktemp("report") / "out")
+    return rendered_dir(tmp_path_factory, report_sweep)
 
 
 FIGURES = ("paired_seeds", "differences", "forest", "learning_curves", "moments_cnn", "moments_mlp", "association")
@@ -142,7 +149,10 @@ def test_summary_equals_stats_compare_on_the_same_store(rendered, report_sweep):
     for row, (_, ref) in zip(summary["comparisons"], cmp.iterrows(), strict=True):
         assert (row["arch"], row["arm"], row["baseline"]) == (ref["arch"], ref["arm"], ref["baseline"])
         for key, value in row.items():
-            if key in ref.index:
+            if key == "caveats":  # a list in summary.json, one caveat per line in the frame
+                assert value == stats.caveat_list(ref[key]) and value
+                checked += 1
+            elif key in ref.index:
                 want = ref[key]
                 if isinstance(want, float) and math.isnan(want):
                     assert value is None, key
@@ -239,31 +249,36 @@ def test_render_of_a_missing_sweep_names_it(tmp_path):
 
 ROW = {"factor": "placement", "metric": "test_acc", "arm": "after", "baseline": "before", "arch": "mlp",
        "activation": "relu", "n": 30, "estimate": 0.0042, "ci_low": 0.0021, "ci_high": 0.0063, "t": 4.1, "df": 29.0,
-       "p": 0.0003, "p_adj": 0.0012, "p_adjust_method": "holm", "d_z": 0.75, "confidence_level": 0.95}
+       "p": 0.0003, "p_adj": 0.0012, "p_adjust_method": "holm", "d_z": 0.75, "confidence_level": 0.95,
+       "verdict": "better", "method": "paired t", "family_size": 12, "ci_low_decision": 0.0,
+       "ci_high_decision": 0.0071, "p_tost_adj": float("nan")}
 
 
 def test_cite_sentence():
     assert report.cite_sentence(ROW, by=["arch", "activation"]) == (
-        "With arch = mlp, activation = relu, BN after the activation (vs. BN before the activation) changed test "
-        "accuracy by +0.42 pp (95% CI 0.21 to 0.63; paired t(29) = 4.10, p = 0.00030, Holm-adjusted p = 0.0012; "
-        "d_z = 0.75; 30 seeds).")
+        "With arch = mlp, activation = relu, BN after the activation had higher test accuracy than BN before the "
+        "activation: +0.42 pp (Holm-adjusted p = 0.0012 over 12 comparisons, 95% decision interval (0, 0.71] pp; "
+        "per comparison: 95% CI 0.21 to 0.63, paired t(29) = 4.10, p = 0.00030; d_z = 0.75; 30 seeds).")
 
 
 def test_cite_sentence_negative_tiny_p_other_factor_and_loss():
     row = {**ROW, "factor": "norm", "metric": "test_loss", "arm": "layer", "baseline": "batch", "estimate": -0.0123,
            "ci_low": -0.02, "ci_high": -0.0046, "t": -7.25, "p": 3e-8, "p_adj": 1e-7, "p_adjust_method": "bh",
-           "d_z": -1.3, "confidence_level": 0.9}
+           "d_z": -1.3, "confidence_level": 0.9, "ci_low_decision": -0.0215, "ci_high_decision": -0.0031}
     assert report.cite_sentence(row) == (
-        "Norm = layer (vs. norm = batch) changed test loss by \u22120.0123 (90% CI \u22120.0200 to \u22120.0046; "
-        "paired t(29) = \u22127.25, p < 0.0001, BH-adjusted p < 0.0001; d_z = \u22121.30; 30 seeds).")
+        "Norm = layer had lower test loss than norm = batch: \u22120.0123 (BH-adjusted p < 0.0001 over 12 comparisons, "
+        "90% decision interval [\u22120.0215, \u22120.0031]; per comparison: 90% CI \u22120.0200 to \u22120.0046, "
+        "paired t(29) = \u22127.25, p < 0.0001; d_z = \u22121.30; 30 seeds).")
 
 
 def test_cite_sentence_when_every_difference_is_equal():
-    row = {**ROW, "estimate": 0.01, "ci_low": 0.01, "ci_high": 0.01, "t": math.inf, "p": 0.0, "p_adj": 0.0,
-           "d_z": math.inf, "n": 5}
+    row = {**ROW, "estimate": 0.01, "ci_low": float("nan"), "ci_high": float("nan"), "t": float("nan"), "p": 0.03125,
+           "p_adj": 0.03125, "d_z": float("nan"), "n": 6, "method": "sign-flip (exact)", "family_size": 1,
+           "ci_low_decision": 0.0, "ci_high_decision": float("inf")}
     s = report.cite_sentence(row)
-    assert s.startswith("BN after the activation (vs. BN before the activation) changed test accuracy by +1.00 pp")
-    assert "all 5 differences equal; no t statistic, p < 0.0001" in s and "5 seeds" in s
+    assert s == ("BN after the activation had higher test accuracy than BN before the activation: +1.00 pp on every one "
+                 "of the 6 seeds (exact sign-flip test p = 0.031, Holm-adjusted p = 0.031 over 1 comparison; the t "
+                 "interval is undefined: every difference is equal; 6 seeds).")
 
 
 @pytest.mark.parametrize(("p", "text"), [(0.75, "0.75"), (0.05, "0.050"), (0.032, "0.032"), (0.00031, "0.00031"),
@@ -281,25 +296,13 @@ def test_num_uses_a_real_minus_and_drops_the_sign_of_zero():
     assert report.ci(-0.5, 0.25) == "\u22120.50 to 0.25"
 
 
-def test_split_caveats_keeps_caveats_that_contain_a_semicolon():
-    text = ("n=10 < 15: the BCa interval under-covers (about 83% at n=5, 90% at n=10 for a nominal 95%); "
-            "the paired t interval is primary; Wilcoxon: 1 zero difference(s) dropped (zero_method='wilcox'); "
-            "n used = 9; 2 pair(s) include a diverged run; their test_acc is kept as recorded (diverged='keep')")
-    assert report.split_caveats(text) == [
-        "n=10 < 15: the BCa interval under-covers (about 83% at n=5, 90% at n=10 for a nominal 95%); "
-        "the paired t interval is primary",
-        "Wilcoxon: 1 zero difference(s) dropped (zero_method='wilcox'); n used = 9",
-        "2 pair(s) include a diverged run; their test_acc is kept as recorded (diverged='keep')"]
-    assert report.split_caveats("") == []
-
-
-def test_stats_caveats_still_read_as_split_caveats_expects():
-    """If bnstats.stats rewords a caveat that contains "; ", split_caveats must learn the new words."""
+def test_stats_caveats_are_one_line_each_and_listed_whole_by_the_report():
+    """A caveat that contains "; " stays one item (caveats are "\\n"-joined in frames, no "; " splitting)."""
     a = np.array([0.90, 0.91, 0.92, 0.93, 0.94, 0.95])
     b = a + np.array([0.0, 0.01, 0.02, -0.01, 0.03, 0.01])
     cav = stats.paired(a, b).caveats
-    for c in cav:
-        assert report.split_caveats(c) == [c], c
+    frame = pd.DataFrame([{"arm": "after", "baseline": "before", "caveats": "\n".join(cav)}])
+    assert report.grouped_caveats(frame, []) == [f"{c} (after \u2212 before)" for c in cav]
 
 
 def test_pairing_certificate_names_the_seed_that_breaks_it(report_sweep):
@@ -334,7 +337,8 @@ def test_diverged_runs_are_dropped_counted_and_named(report_sweep, tmp_path):
     cmp = stats.compare(rep.runs, diverged="drop_pair")
     desc = stats.describe(rep.runs)
     text = rep.caveats_block(cmp, desc, report.pairing_certificate(rep.runs, "placement"))._repr_html_()
-    assert "1 diverged run(s), dropped with their pair from the comparison (diverged=&#x27;drop_pair&#x27;): cnn, after: 1" in text
+    assert ("1 of 24 runs diverged (non-finite loss), dropped with their pair from the comparison "
+            "(diverged=&#x27;drop_pair&#x27;): cnn, after: 1") in text
     assert "1 pair(s) with a diverged run dropped" in text
     assert cmp.loc[(cmp["arch"] == "cnn") & (cmp["arm"] == "after"), "n"].item() == 3
 

@@ -14,11 +14,14 @@ report's order is written (design, headline, figures, How to cite, Methods, cave
 package holds what the notebook needs besides, one role per module:
 
 - :mod:`~bnstats.report.text`: words and numbers for reading. Labels, number formatting (rounding
-  happens only here, where a person reads), the "How to cite" sentence, caveat splitting, the phrases
-  of the design and Methods blocks. Pure functions; no store, no files.
+  happens only here, where a person reads), the "How to cite" sentence (its claim follows the verdict),
+  the headline's footnote, the caveats derived from the design and grouped per comparison, the phrases
+  of the design and Methods blocks. Pure functions; no store, no files. Caveats are lists; a frame
+  cell is read with :func:`bnstats.stats.caveat_list`.
 - :mod:`~bnstats.report.tables`: HTML tables (written by hand: deterministic, no random ids), booktabs
   TeX for ``\\input``, CSV with every digit, the README's Markdown headline (:func:`headline_markdown`)
-  and the terminal's text (:func:`format_for_reading`, used by ``bnstats compare`` and ``plan``).
+  and the terminal's text (:func:`compare_text` and :func:`plan_text`, what ``bnstats compare`` and
+  ``bnstats plan`` print).
 - :mod:`~bnstats.report.figures`: every figure (a function of the :class:`Report` and the frames it
   plots), the plotting style, the PNG + PDF files without dates or software stamps, and the forked
   processes that draw them (``FIGURE_WORKERS``, overridden by ``BNSTATS_REPORT_WORKERS``; 1 draws in
@@ -59,6 +62,7 @@ timestamps and random cell ids, and the PDF's subset fonts get a fixed timestamp
 
 from .document import Report, pairing_certificate, store_hash
 from .figures import (
+    VERDICT_COLORS,
     association_figure,
     association_frames,
     differences_figure,
@@ -70,15 +74,27 @@ from .figures import (
     setup_plotting,
 )
 from .rendering import PARAMETERS, check_parameters, display_path, notebook_path, parse_sets, render
-from .tables import esc, format_for_reading, headline_markdown
-from .text import MetricDisplay, ci, cite_sentence, fmt_p, num, split_caveats
+from .tables import compare_text, esc, format_for_reading, headline_markdown, plan_text
+from .text import (
+    VERDICT_MEANINGS,
+    MetricDisplay,
+    ci,
+    cite_sentence,
+    decision_interval,
+    design_caveats,
+    fmt_p,
+    grouped_caveats,
+    headline_note,
+    num,
+)
 
 __all__ = [
-    "PARAMETERS", "MetricDisplay", "Report", "association_figure", "association_frames", "check_parameters", "ci",
-    "cite_sentence", "differences_figure", "display_path", "esc", "findings_markdown", "fmt_p", "forest_figure", "format_for_reading",
-    "headline_markdown", "learning_curves_figure", "moments_figure", "notebook_path", "num", "paired_seed_figure",
-    "pairing_certificate", "parse_sets", "probe_moments", "render", "setup_plotting", "split_caveats",
-    "store_hash",
+    "PARAMETERS", "VERDICT_COLORS", "VERDICT_MEANINGS", "MetricDisplay", "Report", "association_figure",
+    "association_frames", "check_parameters", "ci", "cite_sentence", "compare_text", "decision_interval",
+    "design_caveats", "differences_figure", "display_path", "esc", "findings_markdown", "fmt_p", "forest_figure",
+    "format_for_reading", "grouped_caveats", "headline_markdown", "headline_note", "learning_curves_figure",
+    "moments_figure", "notebook_path", "num", "paired_seed_figure", "pairing_certificate", "parse_sets", "plan_text",
+    "probe_moments", "render", "setup_plotting", "store_hash",
 ]
 
 

@@ -23,24 +23,35 @@ import pandas as pd
 
 from .. import __version__
 from ..cpu import BITWISE_FIELDS
+from ..stats import caveat_list
 from ..stats.compare import evaluation_runs
+from ..stats.decision import DIFFERENCE_VERDICTS
 from ..store import git_commit
 from .figures import PX_PER_IN, draw_figures, save_figure
 from .rendering import check_parameters, display_path, import_defaults, scrub_paths
 from .tables import esc, html_table, tex_table, write_csv
 from .text import (
+    CROSSED_MUCH_WIDER,
+    DECISION_INTERVAL_NAMES,
+    MISSING,
     MOMENT_LABELS,
     NBSP,
     P_ADJUST_NAMES,
+    P_ADJUST_SHORT,
     MetricDisplay,
     cell_label,
     ci,
     cite_sentence,
+    comparison_cells,
+    design_caveats,
     fmt_p,
+    grouped_caveats,
+    headline_note,
+    is_degenerate,
     level_label,
+    mean_sd,
     num,
     seed_ranges,
-    split_caveats,
     training_text,
 )
 
@@ -249,20 +260,26 @@ class Report:
         return self.params["title"] or f"{name}: {self.factor} and {self.disp.label}"
 
     def headline_table(self, raw: pd.DataFrame, shown: pd.DataFrame, tex: pd.DataFrame, cmp: pd.DataFrame):
-        lvl = f"{self.level:g}%"
         d = self.disp
         u = f" ({d.unit})" if d.unit else ""
         du = f" ({d.diff_unit})" if d.diff_unit else ""
         cap = (f"Headline: one row per comparison (cell × arm vs. {esc(self.baseline)}). Baseline and arm: mean ± SD "
-               f"over seeds{u}. Δ: mean of the per-seed differences arm − baseline{du}, with its {lvl} paired t interval "
-               f"(primary) and BCa bootstrap interval. d_z: mean / SD of the differences, with its noncentral-t "
-               f"interval. p: two-sided paired t-test; p_adj: {P_ADJUST_NAMES[self.params['p_adjust']]} over the "
-               f"{len(cmp)} comparisons. Verdict: better / worse when the t interval excludes 0"
-               + (", equivalent when TOST rejects within the margin" if self.params["margin"] is not None else "")
-               + ", else inconclusive.")
-        right = [c for c in shown.columns if c not in (*self.by, self.factor, "verdict")]
+               f"over seeds{u}. Δ: mean of the per-seed differences arm − baseline{du}. d_z: mean / SD of the "
+               "differences, with its noncentral-t interval. p: the comparison's own test (the paired t-test; the "
+               "exact sign-flip test where every seed's difference is equal, which leaves the t interval undefined). "
+               + esc(self.headline_note(cmp)))
+        # right-aligned columns do not wrap (CSS): the interval columns stay left-aligned so their headers wrap
+        lvl = f"{self.level:g}%"
+        wrap = (*self.by, self.factor, "verdict", d.with_unit(f"{lvl} decision interval", True),
+                d.with_unit(f"{lvl} CI per comparison", True))
+        right = [c for c in shown.columns if c not in wrap]
         tex_right = [c for c in tex.columns if c not in (*self.by, self.factor, "verdict")]
         return self.table("headline", raw, shown, tex=tex, caption=cap, right=right, tex_right=tex_right, cls="wide")
+
+    def headline_note(self, cmp: pd.DataFrame) -> str:
+        """The headline's footnote: what decides the verdict, which interval is which, what the family is."""
+        return headline_note(p_adjust=self.params["p_adjust"], family_size=_family_size(cmp),
+                             confidence_level=self.params["confidence_level"], margin=self.params["margin"] is not None)
 
     def arms_block(self, desc: pd.DataFrame):
         """Table of ``stats.describe`` per cell and arm (rounded), written as arms.csv / arms.tex."""
@@ -567,49 +584,75 @@ class Report:
         return self.metric in c if self.imported else "epoch" in c
 
     def headline(self, cmp: pd.DataFrame, desc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        """(raw, shown, tex): the headline table, one row per comparison."""
+        """(raw, shown, tex): the headline table, one row per comparison.
+
+        The verdict stands beside the interval that agrees with it (the decision interval) and the
+        adjusted p; the per-comparison paired t and BCa intervals come after, labelled as such.
+        """
         d = self.disp
-        s, dg = d.scale, d.digits
+        s = d.scale
         key = [*self.by, "arm"]
         st = desc.set_index(key)
         raw_rows, shown, tex = [], [], []
         lvl = f"{self.level:g}%"
+        margin = self.params["margin"] is not None
         for r in cmp.to_dict("records"):
             cell = tuple(r[k] for k in self.by)
             a = st.loc[(*cell, r["baseline"])] if self.by else st.loc[r["baseline"]]
             b = st.loc[(*cell, r["arm"])] if self.by else st.loc[r["arm"]]
             raw_rows.append({**{k: r[k] for k in self.by}, "arm": r["arm"], "baseline": r["baseline"], "n": r["n"],
                              "mean_baseline": a["mean"], "sd_baseline": a["sd"], "mean_arm": b["mean"], "sd_arm": b["sd"],
-                             "estimate": r["estimate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                             "estimate": r["estimate"], "verdict": r["verdict"],
+                             "ci_low_decision": r["ci_low_decision"], "ci_high_decision": r["ci_high_decision"],
+                             "decision_interval_method": r["decision_interval_method"], "p_adj": r["p_adj"],
+                             "p_tost_adj": r["p_tost_adj"], "family_size": r["family_size"],
+                             "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                              "boot_ci_low": r["boot_ci_low"], "boot_ci_high": r["boot_ci_high"], "d_z": r["d_z"],
                              "d_z_ci_low": r["d_z_ci_low"], "d_z_ci_high": r["d_z_ci_high"], "t": r["t"], "df": r["df"],
-                             "p": r["p"], "p_adj": r["p_adj"], "p_tost": r["p_tost"], "verdict": r["verdict"],
-                             "n_diverged": r["n_diverged"], "scale": s})
+                             "p": r["p"], "method": r["method"], "p_tost": r["p_tost"],
+                             "ci_low_simultaneous": r["ci_low_simultaneous"],
+                             "ci_high_simultaneous": r["ci_high_simultaneous"],
+                             "simultaneous_method": r["simultaneous_method"], "n_nonzero": r["n_nonzero"],
+                             "differences": r["differences"], "n_diverged": r["n_diverged"], "scale": s})
             cells = {k: r[k] for k in self.by}
-            # the page: two-line cells (t over BCa; d_z over its interval) keep the table within A4 width
+            c = comparison_cells(r, d)
+            # the page: multi-line cells keep the table within A4 width. The verdict, then its decision interval
+            # over the adjusted p(s); the per-comparison t interval with its p over BCa; d_z over its interval.
+            decision = [c["decision"]]
+            if r["verdict"] != "not estimable":
+                decision.append(f"p_adj {c['p_adj']}" + (f"\np_tost_adj {c['p_tost_adj']}" if margin else ""))
+            if r["verdict"] == "not estimable":
+                per = MISSING
+            elif is_degenerate(r):
+                per = f"t: {c['t_ci']}\nexact sign-flip p {fmt_p(r['p'])}"
+            else:
+                per = f"t: {c['t_ci']}, p {c['p']}\nBCa: {c['boot_ci']}"
             shown.append({
                 **cells, self.factor: r["arm"], "n": str(r["n"]),
-                d.with_unit(str(r["baseline"])): f"{num(a['mean'] * s, dg)} ± {num(a['sd'] * s, dg)}",
-                d.with_unit("arm"): f"{num(b['mean'] * s, dg)} ± {num(b['sd'] * s, dg)}",
-                d.with_unit("Δ", True): num(r["estimate"] * s, dg, sign=True),
-                d.with_unit(f"{lvl} CI", True): (f"t: {ci(r['ci_low'] * s, r['ci_high'] * s, dg)}\n"
-                                                 f"BCa: {ci(r['boot_ci_low'] * s, r['boot_ci_high'] * s, dg)}"),
-                f"d_z ({lvl} CI)": f"{num(r['d_z'], 2)}\n{ci(r['d_z_ci_low'], r['d_z_ci_high'], 2)}",
-                "p": fmt_p(r["p"]), "p_adj": fmt_p(r["p_adj"]), "verdict": r["verdict"],
+                d.with_unit(str(r["baseline"])): mean_sd(a["mean"], a["sd"], d),
+                d.with_unit("arm"): mean_sd(b["mean"], b["sd"], d),
+                d.with_unit("Δ", True): c["delta"], "verdict": c["verdict"],
+                d.with_unit(f"{lvl} decision interval", True): "\n".join(decision),
+                d.with_unit(f"{lvl} CI per comparison", True): per,
+                f"d_z ({lvl} CI)": f"{c['d_z']}\n{c['d_z_ci']}" if r["verdict"] != "not estimable" else MISSING,
             })
             # the .tex file: one number per column
-            pm = r" $\pm$ "
-            tex.append({
+            t = comparison_cells(r, d, style="tex")
+            trow = {
                 **cells, self.factor: r["arm"], "n": str(r["n"]),
-                d.with_unit(str(r["baseline"])): num(a["mean"] * s, dg, style="tex") + pm + num(a["sd"] * s, dg, style="tex"),
-                d.with_unit("arm"): num(b["mean"] * s, dg, style="tex") + pm + num(b["sd"] * s, dg, style="tex"),
-                d.with_unit(r"$\Delta$", True): num(r["estimate"] * s, dg, sign=True, style="tex"),
-                f"{lvl} CI (t)": ci(r["ci_low"] * s, r["ci_high"] * s, dg, "tex"),
-                f"{lvl} CI (BCa)": ci(r["boot_ci_low"] * s, r["boot_ci_high"] * s, dg, "tex"),
-                "$d_z$": num(r["d_z"], 2, style="tex"),
-                f"$d_z$ {lvl} CI".replace("%", r"\%"): ci(r["d_z_ci_low"], r["d_z_ci_high"], 2, "tex"),
-                "$p$": fmt_p(r["p"], "tex"), r"$p_\mathrm{adj}$": fmt_p(r["p_adj"], "tex"), "verdict": r["verdict"],
+                d.with_unit(str(r["baseline"])): mean_sd(a["mean"], a["sd"], d, style="tex"),
+                d.with_unit("arm"): mean_sd(b["mean"], b["sd"], d, style="tex"),
+                d.with_unit(r"$\Delta$", True): t["delta"], "verdict": t["verdict"],
+                d.with_unit(f"{lvl} decision interval", True): t["decision"],
+                r"$p_\mathrm{adj}$": t["p_adj"],
+            }
+            if margin:
+                trow[r"$p_\mathrm{TOST,adj}$"] = t["p_tost_adj"]
+            trow.update({
+                f"{lvl} CI (t)": t["t_ci"], f"{lvl} CI (BCa)": t["boot_ci"], "$d_z$": t["d_z"],
+                f"$d_z$ {lvl} CI".replace("%", r"\%"): t["d_z_ci"], "$p$": t["p"],
             })
+            tex.append(trow)
         return pd.DataFrame(raw_rows), pd.DataFrame(shown), pd.DataFrame(tex)
 
     def arms_table(self, desc: pd.DataFrame):
@@ -623,8 +666,15 @@ class Report:
                          d.with_unit("max"): num(r["max"] * s, dg)})
         return pd.DataFrame(rows)
 
-    def summary(self, cmp: pd.DataFrame, raw_headline: pd.DataFrame, cert: pd.DataFrame, sentences: list[str]) -> dict:
-        """Every number of the headline table, unrounded, in the metric's units (``scale`` converts)."""
+    def summary(self, cmp: pd.DataFrame, raw_headline: pd.DataFrame, cert: pd.DataFrame, sentences: list[str],
+                crossed: pd.DataFrame | None = None) -> dict:
+        """Every number of the headline table, unrounded, in the metric's units (``scale`` converts).
+
+        Caveats are lists: each comparison's own (``caveats``), and the report's (``caveats`` at the top:
+        the design's, then the test set's). ``headline_note`` is the headline's footnote; ``test_set``
+        holds :func:`bnstats.stats.compare_crossed`'s rows (every number unrounded), or None where the
+        runs store no per-example results.
+        """
         p = self.params
         comps = []
         cols = [c for c in raw_headline.columns if c != "scale"]
@@ -633,7 +683,7 @@ class Report:
             row.update({"ci_method": c["method"], "boot_method": c["boot_method"], "confidence_level": _plain(c["confidence_level"]),
                         "p_adjust_method": c["p_adjust_method"], "effect_size_name": c["effect_size_name"],
                         "margin_low": _plain(c["margin_low"]), "margin_high": _plain(c["margin_high"]),
-                        "caveats": c["caveats"], "sentence": sent})
+                        "caveats": caveat_list(c["caveats"]), "sentence": sent})
             comps.append(row)
         params = {k: v for k, v in p.items() if k not in ("out",)}
         pairing = {"ok": bool(cert["ok"].all()),
@@ -651,6 +701,11 @@ class Report:
             "pairing_certificate": pairing,
             "comparisons": comps,
             "provenance": self.provenance(),
+            "headline_note": self.headline_note(cmp),
+            "caveats": [*self.design_caveats(cmp, crossed), *self.test_set_caveats(cmp, crossed)],
+            "test_set": None if crossed is None else [
+                {k: (caveat_list(v) if k == "caveats" else _plain(v)) for k, v in r.items()}
+                for r in self.test_set_raw(crossed).to_dict("records")],
         }
 
     def design_summary(self, cert: pd.DataFrame) -> dict[str, Any]:
@@ -676,23 +731,29 @@ class Report:
         sentences = [cite_sentence(r, by=self.by) for r in cmp.to_dict("records")]
         # no line break inside "t(9) = 4.10" and the like (the sentences themselves keep plain spaces)
         items = "".join(f"<li>{esc(s).replace(' = ', NBSP + '=' + NBSP)}</li>" for s in sentences)
-        note = (f"The interval is the paired t interval at {self.level:g}%; p is the two-sided paired t-test's "
-                f"(adjusted over the {len(cmp)} comparisons by {P_ADJUST_NAMES[self.params['p_adjust']]}); "
-                "d_z is the mean difference divided by the SD of the differences. "
-                "Cite the sweep by its store hash (Provenance).")
+        p = self.params
+        m = _family_size(cmp)
+        note = (f"Each claim follows the verdict, the decision for the family of {m} comparison{'s' if m != 1 else ''}: "
+                f"the adjusted p ({P_ADJUST_NAMES[p['p_adjust']]}) and, for a difference, the {self.level:g}% decision "
+                f"interval ({DECISION_INTERVAL_NAMES[p['p_adjust']]}; an end at 0 is open). The numbers after "
+                f"'per comparison' are the comparison's own: its {self.level:g}% paired t interval and two-sided "
+                "paired t-test (the exact sign-flip test where every difference is equal), not adjusted. d_z is the "
+                "mean difference divided by the SD of the differences. These intervals are over seeds, for this test "
+                "set; see 'The test set' for new data. Cite the sweep by its store hash (Provenance).")
         return _HTML(f'<ol class="cite">{items}</ol><p class="note">{esc(note)}</p>'), sentences
 
     def methods_block(self, cmp: pd.DataFrame, interactions: pd.DataFrame | None = None,
-                      variance: pd.DataFrame | None = None) -> _HTML:
+                      variance: pd.DataFrame | None = None, crossed: pd.DataFrame | None = None) -> _HTML:
         p = self.params
         cfg = self.config
         n_min, n_max = int(cmp["n"].min()), int(cmp["n"].max())
         n_txt = f"{n_min}" if n_min == n_max else f"{n_min} to {n_max}"
-        wil = ", ".join(sorted(set(cmp["wilcoxon_method"])))
-        flip = ", ".join(sorted(set(cmp["signflip_method"])))
+        wil = ", ".join(sorted(set(cmp["wilcoxon_method"]) - {"none"}) or ["not run"])
+        flip = ", ".join(sorted(set(cmp["signflip_method"]) - {"none"}) or ["not run"])
         v = software_versions()
         torch_v = ", ".join(_uniq(self.runs, "torch_version")) or "not recorded"
         lvl = f"{self.level:g}%"
+        alpha = f"{1 - float(p['confidence_level']):.6g}"
         margin = p["margin"]
         if self.imported:  # trained elsewhere: say where they come from, and what their pairing rests on
             src = self.provenance()["source"]
@@ -706,24 +767,49 @@ class Report:
                      f"{esc(training_text(cfg.get('train', {}), cfg.get('grid', {}), self.tune.candidates))}) "
                      f"on a grid of {esc(', '.join(self.res.factors))}, replicated over seeds; all arms of a seed share "
                      "their initial weights (where shapes agree) and their data order, so each comparison is paired on seed.")
+        m = _family_size(cmp)
         parts = [
             first,
             f"For each cell ({esc(', '.join(self.by)) or 'one cell'}) and each arm of {esc(self.factor)} we computed the "
             f"per-seed difference in {esc(self.disp.label)} (arm − {esc(self.baseline)}; n = {n_txt} seeds per comparison) "
-            f"and report its mean with a {lvl} paired t interval (primary) and a {lvl} BCa bootstrap interval "
+            f"and report its mean with a {lvl} paired t interval and a {lvl} BCa bootstrap interval "
             f"({p['n_resamples']} resamples; Efron 1987), the two-sided paired t-test, the standardized effect "
             f"d_z = mean / SD of the differences with a noncentral-t interval (Steiger & Fouladi 1997), "
             f"the Wilcoxon signed-rank test ({esc(wil)}; zeros dropped) and a sign-flip permutation test ({esc(flip)}).",
-            f"p-values of the t-tests are adjusted over the family of {len(cmp)} comparisons by "
-            f"{P_ADJUST_NAMES[p['p_adjust']]}.",
         ]
+        sources = set(cmp["differences"]) if "differences" in cmp else set()
+        if sources == {"counts"}:
+            parts.append("Accuracy differences are computed from the integer counts of correct test examples, so "
+                         "equal differences are exact ties.")
+        elif sources == {"counts recovered from the metric"}:
+            parts.append("Accuracy differences are computed from integer counts of correct test examples, recovered "
+                         "from the stored accuracies and test-set size, so equal differences are exact ties.")
+        if (cmp["method"].astype(str).str.startswith("sign-flip")).any():
+            parts.append("Where every seed's difference is equal, the t-test, its interval, BCa and d_z are undefined; "
+                         "such a comparison is decided by the exact sign-flip test instead.")
+        parts.append(
+            f"The verdicts are decisions for the family of {m} comparison{'s' if m != 1 else ''}: each comparison's p "
+            f"(the paired t-test's, or the sign-flip test's where it decides) is adjusted by "
+            f"{P_ADJUST_NAMES[p['p_adjust']]}, and a comparison is better or worse when the adjusted p is below "
+            f"{alpha}.")
         if margin is not None:
             lo, hi = (-margin, margin) if not isinstance(margin, list | tuple) else margin
             s, u = self.disp.scale, self.disp.diff_unit
             parts.append(f"Equivalence within ({num(lo * s, 2)}, {num(hi * s, 2)}) {u} is tested by two one-sided "
-                         f"paired t-tests (TOST; Schuirmann 1987).")
-        parts.append("A comparison is called better or worse when the t interval excludes zero, equivalent when "
-                     "TOST rejects, else inconclusive.")
+                         f"paired t-tests (TOST; Schuirmann 1987) whose p-values are adjusted the same way: a comparison "
+                         "is equivalent when the adjusted TOST p is below the level and no difference is decided, and "
+                         "'better (or worse), within margin' when both are decided.")
+        parts.append("Otherwise it is inconclusive: no detectable difference.")
+        parts.append(
+            f"Beside each verdict the headline shows the interval that agrees with it: the {lvl} "
+            f"{DECISION_INTERVAL_NAMES[p['p_adjust']]}, which excludes 0 exactly when the verdict is better or worse. "
+            f"The paired t and BCa intervals are per comparison ({lvl} each, not adjusted).")
+        if crossed is not None and len(crossed):
+            parts.append(
+                "For the test set's own uncertainty, the per-example results of every run give an interval over seeds "
+                "and test examples: a two-way crossed random-effects analysis of variance of the per-seed, per-example "
+                "differences with a Satterthwaite t interval (Searle, Casella & McCulloch 1992; Bouthillier et al. "
+                f"2021), with Owen's (2007) pigeonhole bootstrap beside it ({p['n_resamples']} resamples).")
         if interactions is not None and len(interactions):
             parts.append(f"Whether a difference changes with another grid factor was estimated by a linear mixed model "
                          f"per other factor and cell, {esc(self.metric)} ~ {esc(self.factor)} × factor with a random "
@@ -760,34 +846,32 @@ class Report:
             if n_min < 15:
                 out.append(f"Interaction intervals are Wald intervals from {n_min} seeds: too narrow at this n.")
         if variance is not None and len(variance):
-            texts = sorted({c for c in variance["caveats"] if c})
+            texts = sorted({c for cell in variance["caveats"] for c in caveat_list(cell)})
             out.extend(f"Seed variance: {t}." for t in texts)
         return out
 
-    def caveats_block(self, cmp: pd.DataFrame, desc: pd.DataFrame, cert: pd.DataFrame, extra: Sequence[str] = ()) -> _HTML:
-        by_text: dict[str, list[str]] = {}
-        for r in cmp.to_dict("records"):
-            label = ", ".join([*(str(r[k]) for k in self.by), f"{r['arm']} − {r['baseline']}"])
-            for c in split_caveats(r["caveats"]):
-                by_text.setdefault(c, []).append(label)
-        items = []
-        n_div = int(desc["n_diverged"].sum())
-        if n_div:
-            per = desc[desc["n_diverged"] > 0]
-            where = "; ".join(f"{', '.join(str(r[k]) for k in [*self.by, 'arm'])}: {r['n_diverged']}"
-                              for r in per.to_dict("records"))
-            how = ("dropped with their pair from the comparison (diverged='drop_pair')"
-                   if self.params["diverged"] == "drop_pair" else "kept; their NaN metric drops the pair")
-            items.append(f"{n_div} diverged run(s), {how}: {where}.")
-        else:
+    # --- caveats ----------------------------------------------------------------------------------
+    def design_caveats(self, cmp: pd.DataFrame, crossed: pd.DataFrame | None = None) -> list[str]:
+        """The design's limits, from the config and the runs (:func:`~bnstats.report.text.design_caveats`)."""
+        ok = cmp["verdict"] != "not estimable"
+        return design_caveats(self.runs, config=None if self.imported else self.config, metric=self.metric,
+                              factor=self.factor, by=self.by, n_seeds=int(cmp.loc[ok, "n"].min()) if ok.any() else None,
+                              diverged=self.params["diverged"], crossed=crossed is not None and len(crossed) > 0,
+                              tuned=bool(self.tune.enabled) or len(self.tune_runs) > 0)
+
+    def caveats_block(self, cmp: pd.DataFrame, desc: pd.DataFrame, cert: pd.DataFrame, extra: Sequence[str] = (),
+                      crossed: pd.DataFrame | None = None) -> _HTML:
+        """The caveats, one per item: the design's, the pairing's, the test set's, each comparison's (once, with
+        where it applies), then ``extra``."""
+        items = [f"{c}." for c in self.design_caveats(cmp, crossed)]
+        if not int(desc["n_diverged"].sum()):
             items.append("No run diverged.")
         if not cert["ok"].all():
             bad = sorted(cert.loc[~cert["ok"], "seed"].unique())
             items.append(f"Pairing certificate fails for seed(s) {', '.join(map(str, bad))}: their arms did not share "
                          "initial weights or data order; the comparison is paired on seed regardless.")
-        for text, where in by_text.items():
-            scope = "all comparisons" if len(where) == len(cmp) else "; ".join(where)
-            items.append(f"{text} ({scope}).")
+        items += [f"{c}." for c in self.test_set_caveats(cmp, crossed)]
+        items += [f"{c}." for c in grouped_caveats(cmp, self.by)]
         items.extend(extra)
         items.append("Correlations between moments and accuracy across seeds are descriptive, not causal.")
         return _HTML('<ul class="caveats">' + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
@@ -822,6 +906,156 @@ class Report:
         from . import tuning
 
         return tuning.summary(self) if self.tune.enabled else {}
+
+    # --- the test set's uncertainty (seeds and test examples) -------------------------------------
+    def test_set(self) -> pd.DataFrame | None:
+        """:func:`bnstats.stats.compare_crossed` for the report's comparisons, or None where the runs store no
+        per-example results for the metric (``test_correct_bits``)."""
+        from .. import stats
+        from ..stats.crossed import BITS_COLUMNS
+
+        cols = BITS_COLUMNS.get(self.metric)
+        if cols is None or cols[0] not in self.runs.columns or not self.runs[cols[0]].notna().any():
+            return None
+        p = self.params
+        return stats.compare_crossed(self.runs, metric=self.metric, factor=self.factor, baseline=self.baseline,
+                                     p_adjust=p["p_adjust"], confidence_level=p["confidence_level"],
+                                     n_resamples=p["n_resamples"], rng=p["rng"], diverged=p["diverged"])
+
+    def test_set_raw(self, crossed: pd.DataFrame) -> pd.DataFrame:
+        """``crossed`` with the width ratio (crossed / seeds-only interval) and the variance shares of Δ."""
+        out = crossed.copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["width_ratio"] = ((out["ci_high"] - out["ci_low"]) / (out["ci_high_seeds"] - out["ci_low_seeds"])).astype(float)
+            var = out["se"] ** 2
+            s, e = out["n_seeds"].astype(float), out["n_examples"].astype(float)
+            out["share_seed"] = out["var_seed"] / s / var
+            out["share_example"] = out["var_example"] / e / var
+            out["share_interaction"] = out["var_interaction"] / (s * e) / var
+        return out
+
+    def test_set_block(self, crossed: pd.DataFrame | None, cmp: pd.DataFrame) -> _HTML:
+        """The table of intervals over seeds and test examples beside the seeds-only ones, and what they say."""
+        d = self.disp
+        s, dg = d.scale, d.digits
+        lvl = f"{self.level:g}%"
+        size = _test_size(self.runs)
+        if crossed is None or not len(crossed):
+            return _HTML(f'<p class="note">Per-example results (test_correct_bits) are not stored with these runs, so '
+                         f"the test set's own uncertainty cannot be shown here: every interval in this report covers "
+                         f"the training randomness over seeds on this one test set{esc(size)}, and holds for it only."
+                         "</p>")
+        raw = self.test_set_raw(crossed)
+        new, this = f"{lvl} CI, seeds + test examples: new data", f"{lvl} CI, seeds only: this test set"
+        shares_col = "variance of Δ from seeds / examples / interaction"
+        p_col = f"p_adj ({P_ADJUST_SHORT[self.params['p_adjust']]}), new data"
+        shown, tex = [], []
+        for r in raw.to_dict("records"):
+            ok = r["method"] != "not estimable"
+            shares = (" / ".join(f"{100 * r[k]:.0f}%" for k in ("share_seed", "share_example", "share_interaction"))
+                      if ok and np.isfinite(r["share_example"]) else MISSING)
+            ratio = f"{r['width_ratio']:.2f}×" if ok and np.isfinite(r["width_ratio"]) else MISSING
+            dims = f"{r['n_seeds']} × {int(r['n_examples']):,}" if ok else f"{r['n_seeds']} × {MISSING}"
+            cells = {k: r[k] for k in self.by}
+
+            def whole(text: str) -> str:  # the page: an interval or a set of shares never breaks across lines
+                return text.replace(" ", NBSP)
+
+            shown.append({
+                **cells, self.factor: r["arm"], "seeds × test examples": whole(dims),
+                d.with_unit("Δ", True): num(r["estimate"] * s, dg, sign=True) if ok else MISSING,
+                d.with_unit(new, True): (whole(f"t: {ci(r['ci_low'] * s, r['ci_high'] * s, dg)}") + "\n"
+                                         + whole(f"pigeonhole: {ci(r['boot_ci_low'] * s, r['boot_ci_high'] * s, dg)}"))
+                if ok else MISSING,
+                d.with_unit(this, True): whole(ci(r["ci_low_seeds"] * s, r["ci_high_seeds"] * s, dg)) if ok else MISSING,
+                "width ratio": ratio, shares_col: whole(shares), p_col: fmt_p(r["p_adj"]) if ok else MISSING,
+            })
+            tex.append({
+                **cells, self.factor: r["arm"], "seeds": str(r["n_seeds"]),
+                "examples": str(int(r["n_examples"])) if ok else MISSING,
+                d.with_unit(r"$\Delta$", True): num(r["estimate"] * s, dg, sign=True, style="tex") if ok else MISSING,
+                d.with_unit(f"{lvl} CI, new data (t)", True):
+                    ci(r["ci_low"] * s, r["ci_high"] * s, dg, "tex") if ok else MISSING,
+                d.with_unit(f"{lvl} CI, new data (pigeonhole)", True):
+                    ci(r["boot_ci_low"] * s, r["boot_ci_high"] * s, dg, "tex") if ok else MISSING,
+                d.with_unit(f"{lvl} CI, this test set", True):
+                    ci(r["ci_low_seeds"] * s, r["ci_high_seeds"] * s, dg, "tex") if ok else MISSING,
+                "width ratio": f"{r['width_ratio']:.2f}" if ratio != MISSING else MISSING,
+                "variance shares (seed/example/interaction)": shares, r"$p_\mathrm{adj}$, new data": (
+                    fmt_p(r["p_adj"], "tex") if ok else MISSING),
+            })
+        shown = pd.DataFrame(shown)
+        cap = (f"The test set's uncertainty, one row per comparison{esc(' (test set' + size + ')') if size else ''}. "
+               f"Seeds + test examples: the {lvl} interval for a new draw of seeds <i>and</i> of test examples from the "
+               "same distribution (two-way crossed random-effects ANOVA with a Satterthwaite t; Owen's pigeonhole "
+               "bootstrap below it): it generalises to new data. Seeds only: the training randomness with this test "
+               "set held fixed (the headline's paired t interval): it holds for this test set only. Width ratio: "
+               "crossed / seeds-only width. Variance of Δ: the shares of the variance of the mean difference that "
+               "come from seed-to-seed variation, from example-to-example variation, and from their interaction. "
+               "p_adj: the crossed test's p adjusted over the comparisons, for new data.")
+        right = [d.with_unit("Δ", True), "width ratio"]  # right-aligned headers do not wrap (CSS): the others do
+        tex = pd.DataFrame(tex)
+        table_html = self.table("test_set", raw, shown, tex=tex, caption=cap, right=right, cls="wide",
+                                tex_right=[c for c in tex.columns if c not in (*self.by, self.factor)])
+        return _HTML(table_html.data + f'<p class="note">{esc(self.test_set_sentence(raw, cmp))}</p>')
+
+    def test_set_sentence(self, raw: pd.DataFrame, cmp: pd.DataFrame) -> str:
+        """One paragraph: which interval generalises, how much wider it is, and which verdicts survive it."""
+        lvl = f"{self.level:g}%"
+        ok = raw[(raw["method"] != "not estimable") & np.isfinite(raw["width_ratio"])]
+        text = ("The seeds-only interval (the headline's) holds for this test set only; the interval over seeds and "
+                "test examples is the one that generalises to new data from the same distribution.")
+        if len(ok):
+            lo, hi, med = ok["width_ratio"].min(), ok["width_ratio"].max(), ok["width_ratio"].median()
+            sh_lo, sh_hi = 100 * ok["share_example"].min(), 100 * ok["share_example"].max()
+            span = f"{lo:.2f}×" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}× to {hi:.2f}× (median {med:.2f}×)"
+            shares = f"{sh_lo:.0f}%" if f"{sh_lo:.0f}" == f"{sh_hi:.0f}" else f"{sh_lo:.0f}% to {sh_hi:.0f}%"
+            text += (f" Here it is {span} as wide as the seeds-only {lvl} interval; sampling the test examples "
+                     f"contributes {shares} of the variance of the mean difference.")
+        lost = self._verdicts_lost(raw, cmp)
+        decided = int(cmp["verdict"].isin(DIFFERENCE_VERDICTS).sum())
+        if decided and not lost:
+            text += (f" Every difference verdict ({decided}) stays decided over seeds and test examples "
+                     f"(adjusted p below {1 - float(self.params['confidence_level']):.6g}).")
+        elif lost:
+            text += (f" {len(lost)} of the {decided} difference verdicts do not ({'; '.join(lost)}): those differences "
+                     "are shown for these test examples, not for new data.")
+        return text
+
+    def _verdicts_lost(self, raw: pd.DataFrame, cmp: pd.DataFrame) -> list[str]:
+        """Comparisons the family calls better/worse whose crossed adjusted p does not reach the level."""
+        alpha = 1 - float(self.params["confidence_level"])
+        key = [*self.by, "arm"]
+        crossed_p = {tuple(r[k] for k in key): r["p_adj"] for r in raw.to_dict("records")}
+        lost = []
+        for r in cmp.to_dict("records"):
+            if r["verdict"] not in DIFFERENCE_VERDICTS:
+                continue
+            p = crossed_p.get(tuple(r[k] for k in key), math.nan)
+            if not (p < alpha):
+                lost.append(", ".join([*(str(r[k]) for k in self.by), f"{r['arm']} − {r['baseline']}"]))
+        return lost
+
+    def test_set_caveats(self, cmp: pd.DataFrame, crossed: pd.DataFrame | None) -> list[str]:
+        """Caveats of the test-set section: a crossed interval much wider than the seeds-only one, verdicts that
+        do not hold for new data, and the crossed analysis' own caveats."""
+        if crossed is None or not len(crossed):
+            return []
+        raw = self.test_set_raw(crossed)
+        out = []
+        wide = raw[np.isfinite(raw["width_ratio"]) & (raw["width_ratio"] >= CROSSED_MUCH_WIDER)]
+        if len(wide):
+            where = "; ".join(f"{', '.join([*(str(r[k]) for k in self.by), str(r['arm'])])}: {r['width_ratio']:.2f}×"
+                              for r in wide.to_dict("records"))
+            out.append(f"The fixed test set hides uncertainty: over seeds and test examples the interval is at least "
+                       f"{CROSSED_MUCH_WIDER:g}× as wide as over seeds alone ({where}); a claim about new data should "
+                       "use the wider interval (section 'The test set')")
+        lost = self._verdicts_lost(raw, cmp)
+        if lost:
+            out.append(f"{len(lost)} difference verdict(s) hold for this test set only: over seeds and test examples "
+                       f"the adjusted p does not reach the level ({'; '.join(lost)})")
+        out += [f"Test-set interval: {c}" for c in grouped_caveats(crossed, self.by)]
+        return out
 
     # --- provenance -------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
@@ -1039,3 +1273,19 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             out.append((f"{prefix}{k}", v))
     return out
+
+
+
+def _family_size(cmp: pd.DataFrame) -> int:
+    """m, the number of comparisons in the family (estimable rows), as compare() records it."""
+    if "family_size" in cmp and len(cmp):
+        return int(cmp["family_size"].iloc[0])
+    return int((cmp["verdict"] != "not estimable").sum())
+
+
+def _test_size(runs: pd.DataFrame) -> str:
+    """" of 1,000 examples" when every run has the same stored n_test, else ""."""
+    if "n_test" not in runs.columns:
+        return ""
+    sizes = runs["n_test"].dropna().unique()
+    return f" of {int(sizes[0]):,} examples" if len(sizes) == 1 else ""

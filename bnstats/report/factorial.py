@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..stats._results import join_caveats
+
 INTERACTION_COLUMNS = (
     "factor", "arm", "baseline", "other", "level", "reference", "estimate", "ci_low", "ci_high", "p", "p_adj",
     "confidence_level", "n_obs", "n_seeds", "n_dropped", "converged", "method", "warnings")
@@ -184,8 +186,9 @@ def seed_variance_table(runs: pd.DataFrame, *, metric: str = "test_acc", factor:
         ``n_omitted`` (pairs with a non-finite metric), ``sd_baseline``, ``sd_arm`` (SD over seeds,
         ddof = 1, metric units), ``ratio`` (var(arm) / var(baseline)) with ``ci_low``, ``ci_high``, ``r``
         (corr(arm − baseline, arm + baseline)), ``t``, ``df``, ``p``, ``p_adj``, ``confidence_level``,
-        ``method``, ``caveats`` (``; ``-joined; a cell where the test is undefined, e.g. fewer than 3
-        pairs or a constant arm, gets NaN numbers and the reason here).
+        ``method``, ``caveats`` (one per line, as in :mod:`bnstats.stats` frames: read them with
+        :func:`bnstats.stats.caveat_list`; a cell where the test is undefined, e.g. fewer than 3 pairs or
+        a constant arm, gets NaN numbers and the reason here).
 
     Notes
     -----
@@ -218,12 +221,12 @@ def seed_variance_table(runs: pd.DataFrame, *, metric: str = "test_acc", factor:
                 res = stats.variance_ratio(x0, x1, confidence_level=confidence_level, nan_policy="omit")
                 row.update(n=res.n, n_omitted=res.n_omitted, sd_baseline=float(np.sqrt(res.var_a)),
                            sd_arm=float(np.sqrt(res.var_b)), ratio=res.ratio, ci_low=res.ci_low, ci_high=res.ci_high,
-                           r=res.r, t=res.t, df=res.df, p=res.p, caveats="; ".join(res.caveats))
+                           r=res.r, t=res.t, df=res.df, p=res.p, caveats=join_caveats(res.caveats))
             except ValueError as e:  # too few pairs, a constant arm: stated in the row
                 ok = np.isfinite(x0) & np.isfinite(x1)
                 row.update(n=int(ok.sum()), n_omitted=int((~ok).sum()), sd_baseline=_sd(x0[ok]), sd_arm=_sd(x1[ok]),
                            ratio=float("nan"), ci_low=float("nan"), ci_high=float("nan"), r=float("nan"),
-                           t=float("nan"), df=float("nan"), p=float("nan"), caveats=str(e))
+                           t=float("nan"), df=float("nan"), p=float("nan"), caveats=join_caveats([str(e)]))
             rows.append(row)
     out = pd.DataFrame(rows)
     if out.empty:

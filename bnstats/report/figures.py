@@ -231,7 +231,17 @@ def differences_figure(rep: Report, cmp: pd.DataFrame):
     return fig
 
 
-VERDICT_COLORS = {"better": "#1b7837", "worse": "#b2182b", "equivalent": "#2166ac", "inconclusive": "#636363"}
+#: One colour per label of :data:`bnstats.stats.VERDICTS` (every label has one; tested), in its legend order.
+#: A difference within the margin is the lighter shade of its direction (ColorBrewer PRGn / RdBu).
+VERDICT_COLORS = {
+    "better": "#1b7837",
+    "worse": "#b2182b",
+    "better, within margin": "#7fbf7b",
+    "worse, within margin": "#ef8a62",
+    "equivalent": "#2166ac",
+    "inconclusive": "#636363",
+    "not estimable": "#bdbdbd",
+}
 
 
 def forest_figure(rep: Report, cmp: pd.DataFrame):
@@ -308,9 +318,7 @@ def learning_curves_figure(rep: Report):
     source logged it), one line per arm (mean over seeds, band ± 1 SD); None without the metric's curves."""
     from matplotlib.ticker import MaxNLocator
 
-    curves = rep.res.curves
-    cols = ["run_id", "seed", rep.factor, *rep.by]
-    cv = curves.merge(rep.runs[cols], on="run_id", how="inner")
+    cv = _with_run_columns(rep, rep.res.curves)
     ymetric = rep.metric if rep.metric in cv else "test_acc"
     if ymetric not in cv:  # runs imported with values per step, but not of this metric
         return None
@@ -348,9 +356,18 @@ def probe_moments(rep: Report) -> pd.DataFrame:
     m = rep.res.moments
     if m.empty or "source" not in m:
         return pd.DataFrame()
-    m = m[m["source"] == "probe"]
+    return _with_run_columns(rep, m[m["source"] == "probe"])
+
+
+def _with_run_columns(rep: Report, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (curves or moments, by ``run_id``) with each run's seed, factor and cell columns.
+
+    The run's own values win: a grid factor may share its name with a per-epoch column (``grid.lr``
+    and the curves' scheduled ``lr``), and the cell is defined by the run's value, not the epoch's.
+    """
     cols = ["run_id", "seed", rep.factor, *rep.by]
-    return m.merge(rep.runs[cols], on="run_id", how="inner")
+    clash = [c for c in cols if c != "run_id" and c in rows.columns]
+    return rows.drop(columns=clash).merge(rep.runs[cols], on="run_id", how="inner")
 
 
 def moments_figure(rep: Report, mom: pd.DataFrame, cell: dict[str, Any], sites: Sequence[str] = SITES,

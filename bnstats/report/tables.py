@@ -1,17 +1,30 @@
 """Tables for reading and for papers: HTML (written by hand: deterministic, no random ids), booktabs TeX,
-CSV with every digit, the README's Markdown headline and the terminal's plain text.
+CSV with every digit, the README's Markdown headline and the terminal's plain text (``bnstats compare``
+and ``bnstats plan``: :func:`compare_text`, :func:`plan_text`).
 """
 
 from __future__ import annotations
 
 import html
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .text import MetricDisplay, ci, fmt_p, num
+from .text import (
+    MISSING,
+    P_ADJUST_SHORT,
+    MetricDisplay,
+    comparison_cells,
+    design_caveats,
+    fmt_p,
+    grouped_caveats,
+    headline_note,
+    mean_sd,
+    num,
+)
 
 
 def esc(s: Any) -> str:
@@ -37,7 +50,7 @@ def _cell_html(v: Any) -> str:
 
 _TEX_UNICODE = {"\u2212": "$-$", "\u00b1": r"$\pm$", "\u0394": r"$\Delta$", "\u2013": "--", "\u00d7": r"$\times$",
                 "\u2264": r"$\leq$", "\u2265": r"$\geq$", "\u221e": r"$\infty$", "\u00b7": r"$\cdot$",
-                "\u00a0": "~"}
+                "\u00a0": "~", "\u2014": "---"}
 
 
 def _tex_escape(s: Any) -> str:
@@ -71,47 +84,193 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def headline_markdown(results: Any, *, metric: str = "test_acc", factor: str = "placement",
-                      baseline: str = "before", diverged: str = "drop_pair") -> str:
-    """The headline comparison as a Markdown table (README), from :func:`bnstats.stats.compare`.
+                      baseline: str = "before", diverged: str = "drop_pair", p_adjust: str = "holm",
+                      confidence_level: float = 0.95, margin: Any = None) -> str:
+    """The headline comparison as a Markdown table (README), from :func:`bnstats.stats.compare`, and its footnote.
 
-    One row per cell × arm: baseline and arm mean ± sd, the difference with its paired-t and BCa 95%
-    intervals, d_z with its interval, Holm-adjusted p and the verdict (accuracies in % and pp).
+    One row per cell × arm: baseline and arm mean ± SD, the difference, the verdict beside the decision
+    interval that agrees with it and the adjusted p (with a margin: the adjusted TOST p too), then the
+    per-comparison paired-t and BCa intervals and d_z with its interval (accuracies in % and pp). The
+    footnote (after a blank line) says which interval is which and what the family is.
     """
     from .. import stats
 
     runs = results.runs
     cmp = stats.compare(runs, metric=metric, factor=factor, baseline=baseline, diverged=diverged,
-                        nan_policy="omit" if diverged == "keep" else "raise")
+                        nan_policy="omit" if diverged == "keep" else "raise", p_adjust=p_adjust,
+                        confidence_level=confidence_level, margin=margin)
     desc = stats.describe(runs, metric=metric, factor=factor)
     disp = MetricDisplay.of(metric)
-    sc, dg = disp.scale, disp.digits
+    lvl = f"{round(100 * float(confidence_level), 6):g}%"
     by = [c for c in cmp.columns[: list(cmp.columns).index("factor")]]
-    lookup = desc.set_index([*by, "arm"]) if "arm" in desc else desc.set_index([*by, factor])
+    lookup = desc.set_index([*by, "arm"])
 
     def level(cell: tuple, arm: str) -> str:
         r = lookup.loc[(*cell, arm)]
-        return f"{num(r['mean'] * sc, dg)} ± {num(r['sd'] * sc, dg)}"
+        return mean_sd(r["mean"], r["sd"], disp)
 
-    head = [*by, f"{baseline} ({disp.unit})", f"arm ({disp.unit})", f"difference ({disp.diff_unit}), 95% CI",
-            "BCa 95% CI", "d_z (95% CI)", "p_adj (Holm)", "verdict", "n"]
+    adj = P_ADJUST_SHORT[p_adjust]
+    tost = margin is not None
+    head = [*by, disp.with_unit(baseline), disp.with_unit("arm"), disp.with_unit("difference", True), "verdict",
+            disp.with_unit(f"{lvl} decision interval", True), f"p_adj ({adj})", *([f"p_tost_adj ({adj})"] if tost else []),
+            disp.with_unit(f"{lvl} CI per comparison (t)", True), disp.with_unit(f"BCa {lvl} CI", True),
+            f"d_z ({lvl} CI)", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in cmp.iterrows():
+    for r in cmp.to_dict("records"):
         cell = tuple(r[b] for b in by)
-        row = [*map(str, cell), level(cell, baseline), f"{r['arm']}: {level(cell, r['arm'])}",
-               f"{num(r['estimate'] * sc, dg, sign=True)} [{ci(r['ci_low'] * sc, r['ci_high'] * sc, dg)}]",
-               f"[{ci(r['boot_ci_low'] * sc, r['boot_ci_high'] * sc, dg)}]",
-               f"{num(r['d_z'], 2)} [{ci(r['d_z_ci_low'], r['d_z_ci_high'], 2)}]",
-               fmt_p(r["p_adj"]), r["verdict"], str(int(r["n"]))]
+        c = comparison_cells(r, disp)
+        row = [*map(str, cell), level(cell, baseline), f"{r['arm']}: {level(cell, r['arm'])}", c["delta"], c["verdict"],
+               c["decision"], c["p_adj"], *([c["p_tost_adj"]] if tost else []), c["t_ci"], c["boot_ci"],
+               f"{c['d_z']} [{c['d_z_ci']}]", str(int(r["n"]))]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    note = headline_note(p_adjust=p_adjust, family_size=int(cmp["family_size"].iloc[0]),
+                         confidence_level=confidence_level, margin=tost)
+    return "\n".join(lines) + "\n\n" + note
+
+
+def text_table(rows: list[dict[str, Any]], *, right: Iterable[str] = ()) -> str:
+    """Rows of strings as aligned plain text (columns in the first row's order; ``right``-aligned columns)."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    right = set(right)
+    width = {c: max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in cols}
+
+    def line(values: dict[str, Any]) -> str:
+        return "  ".join(str(values[c]).rjust(width[c]) if c in right else str(values[c]).ljust(width[c])
+                         for c in cols).rstrip()
+
+    return "\n".join([line({c: c for c in cols}), *(line(r) for r in rows)])
+
+
+#: Prose in the terminal is wrapped at this width (tables are not: a row stays one line).
+TEXT_WIDTH = 110
+
+
+def _wrap(text: str, indent: str = "") -> str:
+    return textwrap.fill(text, TEXT_WIDTH, initial_indent=indent, subsequent_indent=" " * len(indent),
+                         break_on_hyphens=False, break_long_words=False)
+
+
+def _caveat_lines(caveats: Iterable[str]) -> list[str]:
+    """The caveats under a table: one item per caveat, each wrapped, under a "Caveats:" line."""
+    items = list(caveats)
+    return ["", "Caveats:", *(_wrap(c, "  - ") for c in items)] if items else []
+
+
+def compare_text(cmp: pd.DataFrame, *, runs: pd.DataFrame | None = None, config: dict[str, Any] | None = None,
+                 diverged: str = "drop_pair") -> str:
+    """What ``bnstats compare`` prints: a :func:`bnstats.stats.compare` frame as the report reads it.
+
+    A header line says what a difference is, its units and the family; one row per comparison: the
+    cell, arm, n, both arms' means and the difference (accuracies in % and percentage points), the
+    verdict beside its decision interval and adjusted p (and the adjusted TOST p with a margin), the
+    per-comparison paired-t interval and p; then the footnote and the caveats, one per line: those of
+    the design (:func:`~bnstats.report.text.design_caveats`, when ``runs`` is given; ``config`` is the
+    sweep's, None for imported runs) and those of the comparisons, each once with where it applies.
+    Numbers are rounded here only; ``--csv`` writes the frame with every digit.
+    """
+    if cmp.empty:
+        return "no comparisons"
+    first = cmp.iloc[0]
+    metric, factor, baseline = str(first["metric"]), str(first["factor"]), str(first["baseline"])
+    disp = MetricDisplay.of(metric)
+    by = list(cmp.columns[: list(cmp.columns).index("factor")])
+    lvl = f"{round(100 * float(first['confidence_level']), 6):g}%"
+    p_adjust = str(first["p_adjust_method"])
+    m = int(cmp["family_size"].iloc[0])
+    tost = cmp["p_tost_adj"].notna().any()
+    units = (f"levels in {disp.unit}, differences in percentage points ({disp.diff_unit})" if disp.diff_unit
+             else f"differences in the units of {metric}")
+    header = (f"{disp.label[0].upper() + disp.label[1:]} ({metric}) by {factor}: each arm − {baseline}, paired on "
+              f"seed; {units}; {lvl} intervals; verdicts from p adjusted by {P_ADJUST_SHORT[p_adjust]} over "
+              f"{m} comparison{'s' if m != 1 else ''}.")
+
+    def mean(x: Any) -> str:
+        return MISSING if pd.isna(x) else num(x * disp.scale, disp.digits)
+
+    rows = []
+    for r in cmp.to_dict("records"):
+        c = comparison_cells(r, disp)
+        row = {**{b: str(r[b]) for b in by}, "arm": str(r["arm"]), "n": str(int(r["n"])),
+               disp.with_unit(baseline): mean(r["mean_a"]), disp.with_unit("arm"): mean(r["mean_b"]),
+               disp.with_unit("Δ", True): c["delta"], "verdict": c["verdict"],
+               disp.with_unit("decision interval", True): c["decision"], "p_adj": c["p_adj"]}
+        if tost:
+            row["p_tost_adj"] = c["p_tost_adj"]
+        row[disp.with_unit(f"{lvl} CI", True)] = c["t_ci"]
+        row["p"] = c["p"]
+        rows.append(row)
+    numeric = [k for k in rows[0] if k not in (*by, "arm", "verdict")]
+    note = headline_note(p_adjust=p_adjust, family_size=m, confidence_level=float(first["confidence_level"]),
+                         margin=bool(tost))
+    caveats = []
+    if runs is not None:
+        n_min = int(cmp.loc[cmp["verdict"] != "not estimable", "n"].min()) if (cmp["verdict"] != "not estimable").any() else None
+        caveats += design_caveats(runs, config=config, metric=metric, factor=factor, by=by, n_seeds=n_min,
+                                  diverged=diverged)
+    caveats += grouped_caveats(cmp, by)
+    return "\n".join([_wrap(header), "", text_table(rows, right=numeric), "", _wrap(note), *_caveat_lines(caveats)])
+
+
+
+
+def plan_text(plan: pd.DataFrame) -> str:
+    """What ``bnstats plan`` prints: a :func:`bnstats.stats.plan` frame, rounded, with its caveats under it.
+
+    One row per comparison: the pilot's n, mean difference and SD of the differences (with its
+    interval), d_z, the seeds needed for the requested power and/or half-width, and the planned seeds
+    with the range they take over the SD's interval; then the caveats, one per line, each once.
+    """
+    if plan.empty:
+        return "no comparisons"
+    first = plan.iloc[0]
+    metric, factor, baseline = str(first["metric"]), str(first["factor"]), str(first["baseline"])
+    disp = MetricDisplay.of(metric)
+    s, dg = disp.scale, disp.digits + 1
+    by = list(plan.columns[: list(plan.columns).index("factor")])
+    sdl = f"{round(100 * float(first['sd_confidence_level']), 6):g}%"
+    wants = []
+    if pd.notna(first["effect"]):
+        wants.append(f"power {first['power']:g} to detect {num(first['effect'] * s, dg, sign=True)}"
+                     f"{' ' + disp.diff_unit if disp.diff_unit else ''} at alpha {first['alpha']:g} ({first['alternative']})")
+    if pd.notna(first["halfwidth"]):
+        wants.append(f"a {1 - first['alpha']:.6g} CI half-width of {num(first['halfwidth'] * s, dg)}"
+                     f"{' ' + disp.diff_unit if disp.diff_unit else ''}")
+    header = (f"Seeds needed per comparison of {factor} (arm − {baseline}) in {disp.label} ({metric}), with this "
+              f"sweep as the pilot: {' and '.join(wants)}. The pilot's SD of the differences is uncertain: the range is "
+              f"the seeds needed at the ends of its {sdl} interval.")
+
+    def count(x: Any) -> str:
+        return MISSING if pd.isna(x) else str(int(x))
+
+    rows = []
+    for r in plan.to_dict("records"):
+        row = {**{b: str(r[b]) for b in by}, "arm": str(r["arm"]), "n_pilot": str(int(r["n_pilot"])),
+               disp.with_unit("Δ", True): MISSING if pd.isna(r["estimate"]) else num(r["estimate"] * s, dg, sign=True),
+               disp.with_unit("SD of Δ", True): MISSING if pd.isna(r["sd_diff"]) else num(r["sd_diff"] * s, dg),
+               disp.with_unit(f"{sdl} CI of SD", True): (MISSING if pd.isna(r["sd_diff_ci_low"]) else
+                                                         f"{num(r['sd_diff_ci_low'] * s, dg)} to {num(r['sd_diff_ci_high'] * s, dg)}"),
+               "d_z": MISSING if pd.isna(r["d_z"]) else num(r["d_z"], 2)}
+        if pd.notna(first["effect"]):
+            row["seeds_for_power"] = count(r["seeds_for_power"])
+        if pd.notna(first["halfwidth"]):
+            row["seeds_for_halfwidth"] = count(r["seeds_for_halfwidth"])
+        row["n_planned"] = count(r["n_planned"])
+        row["range"] = (MISSING if pd.isna(r["n_planned_low"]) or pd.isna(r["n_planned_high"])
+                        else f"{int(r['n_planned_low'])} to {int(r['n_planned_high'])}")
+        rows.append(row)
+    numeric = [k for k in rows[0] if k not in (*by, "arm")]
+    return "\n".join([_wrap(header), "", text_table(rows, right=numeric), *_caveat_lines(grouped_caveats(plan, by))])
 
 
 def format_for_reading(df: pd.DataFrame, *, digits: int = 4) -> str:
-    """A comparison or plan table as text for the terminal (rounded here only)."""
+    """Any stats frame as text for the terminal (rounded here only); :func:`compare_text` and
+    :func:`plan_text` are the readable forms of compare() and plan()."""
     shown = df.copy()
     for c in shown.columns:
         if c.startswith("p") and pd.api.types.is_float_dtype(shown[c]) and c in ("p", "p_adj", "p_t", "p_wilcoxon",
-                                                                                 "p_signflip", "p_tost"):
+                                                                                 "p_signflip", "p_tost", "p_tost_adj"):
             shown[c] = shown[c].map(fmt_p)
         elif pd.api.types.is_float_dtype(shown[c]):
             shown[c] = shown[c].map(lambda x: "n/a" if pd.isna(x) else f"{x:.{digits}g}" if abs(x) >= 1e4 else f"{x:.{digits}f}")
