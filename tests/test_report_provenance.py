@@ -321,6 +321,9 @@ SHIPPED = REPO / "reports" / "examples" / "reference-mnist1d" / "summary.json"
 STORE = REPO / "data" / "reference" / "placement-mnist1d"
 
 
+@pytest.mark.xfail(strict=True, reason="headline_markdown now puts the verdict beside its decision interval, with "
+                   "a footnote (issue 19 item 1): the lead re-renders the reference report, runs `python -m "
+                   "bnstats.report.readme --write README.md` and removes this mark (strict: fails once it matches)")
 def test_readme_reference_section_is_what_the_generator_gives_on_the_shipped_summary():
     from bnstats.report import readme
 

@@ -180,16 +180,12 @@ def design_markdown(summary: dict[str, Any]) -> str:
 
 
 def table_note_markdown(summary: dict[str, Any]) -> str:
-    """What the headline table shows (its columns as :func:`~bnstats.report.tables.headline_markdown` writes them)."""
-    comps = summary["comparisons"]
+    """What the headline table's differences are and which store they come from (the intervals, the verdict
+    and the family are explained by the footnote :func:`~bnstats.report.tables.headline_markdown` writes)."""
     d = summary["display"]
-    lvl = f"{round(100 * float(comps[0]['confidence_level']), 6):g}%" if comps else "95%"
     units = f" in {'percentage points' if d['diff_unit'] == 'pp' else d['diff_unit']}" if d["diff_unit"] else ""
-    method = _adjust(summary)
-    return (f"Differences are `arm − {summary['baseline']}`{units} of {_label(summary)}, paired over seeds; `[…]` "
-            f"is the paired-t {lvl} CI (primary) and BCa beside it; p_adj is {method}-adjusted over the "
-            f"{len(comps)} comparisons. Store: `{summary.get('store', '?')}`, runs table sha256 "
-            f"`{summary['store_hash'][:16]}…`.")
+    return (f"Differences are `arm − {summary['baseline']}`{units} of {_label(summary)}, paired over seeds. Store: "
+            f"`{summary.get('store', '?')}`, runs table sha256 `{summary['store_hash'][:16]}…`.")
 
 
 def _wrap(markdown: str, width: int = WIDTH) -> str:
@@ -206,8 +202,9 @@ def _wrap(markdown: str, width: int = WIDTH) -> str:
 
 
 def reference_section(summary: dict[str, Any], table: str) -> str:
-    """The README's reference section: design, headline table, its note and the findings, between markers."""
-    return "\n\n".join([BEGIN, _wrap(design_markdown(summary)), table, _wrap(table_note_markdown(summary)),
+    """The README's reference section: design, headline table (with its footnote), its note and the findings,
+    between markers."""
+    return "\n\n".join([BEGIN, _wrap(design_markdown(summary)), _wrap(table), _wrap(table_note_markdown(summary)),
                         _wrap(findings_markdown(summary)), END])
 
 
@@ -236,7 +233,8 @@ def section_text(summary_path: str | Path = SUMMARY, store_path: str | Path = ST
                          f"runs table ({store_hash(results.runs)[:16]}…): render the report from this store first")
     p = summary["parameters"]
     table = headline_markdown(results, metric=p["metric"], factor=p["factor"], baseline=p["baseline"],
-                              diverged=p["diverged"])
+                              diverged=p["diverged"], p_adjust=p["p_adjust"],
+                              confidence_level=p["confidence_level"], margin=p["margin"])
     return reference_section(summary, table)
 
 
