@@ -1104,6 +1104,12 @@ class Results:
     def moments_channel(self) -> pd.DataFrame:
         return self.read("moments_channel")
 
+    def with_runs(self, runs: pd.DataFrame) -> Results:
+        """The same store seen through ``runs``, a subset of :attr:`runs` (e.g. the evaluation runs of a
+        [tune] sweep, ``stats.evaluation_runs``): :meth:`read`, :meth:`aggregate` and the tables then hold
+        the rows of those runs only."""
+        return dataclasses.replace(self, runs=runs)
+
     def columns(self, table: str) -> list[str]:
         """The columns ``table`` holds (the union over its compacted file and the units)."""
         _check_table(table, runs=False)

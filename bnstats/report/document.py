@@ -25,7 +25,7 @@ from .. import __version__
 from ..cpu import BITWISE_FIELDS
 from ..stats.compare import evaluation_runs
 from ..store import git_commit
-from .figures import PX_PER_IN, draw_figures, save_figure
+from .figures import PX_PER_IN, SEEDS_DRAWN_MAX, dense, draw_figures, save_figure
 from .rendering import check_parameters, display_path, import_defaults, scrub_paths
 from .tables import esc, html_table, tex_table, write_csv
 from .text import (
@@ -282,12 +282,23 @@ class Report:
         du = f" ({d.diff_unit})" if d.diff_unit else ""
         margin = " Green band: equivalence margin." if self.params["margin"] is not None else ""
         if kind == "paired_seeds":
-            return (f"{esc(lab[0].upper() + lab[1:])}{f' ({d.unit})' if d.unit else ''} per arm, one panel per cell "
-                    f"({esc(cells)}). Grey lines join the arms of one seed (the pairing); large dots: arm means.")
+            head = (f"{esc(lab[0].upper() + lab[1:])}{f' ({d.unit})' if d.unit else ''} per arm, one panel per cell "
+                    f"({esc(cells)}). ")
+            if not dense(self):
+                return head + "Grey lines join the arms of one seed (the pairing); large dots: arm means."
+            return head + (f"Shaded: the density of the metric over all seeds of each arm (kernel density). Grey lines "
+                           f"join the arms of one seed (the pairing) for {SEEDS_DRAWN_MAX} seeds drawn at random "
+                           f"(seed {self.params['rng']}) in each panel with more; every seed in the others. Large dots: "
+                           "arm means over all seeds.")
         if kind == "differences":
-            return (f"Per-seed differences arm − baseline in {esc(lab)}{du}, one row per comparison; small dots: seeds. "
-                    f"Black: mean with its {lvl} paired t interval; purple bar: {lvl} BCa bootstrap interval; "
-                    f"dashed line: no difference.{margin}")
+            if not dense(self):
+                return (f"Per-seed differences arm − baseline in {esc(lab)}{du}, one row per comparison; small dots: "
+                        f"seeds. Black: mean with its {lvl} paired t interval; purple bar: {lvl} BCa bootstrap interval; "
+                        f"dashed line: no difference.{margin}")
+            return (f"Per-seed differences arm − baseline in {esc(lab)}{du}, one row per comparison; shaded: their "
+                    f"density over all seeds (kernel density; a comparison of at most {SEEDS_DRAWN_MAX} seeds shows "
+                    f"each seed as a small dot). Black: mean with its {lvl} paired t interval; purple bar: {lvl} BCa "
+                    f"bootstrap interval, both over all seeds; dashed line: no difference.{margin}")
         if kind == "forest":
             return (f"Effects across cells. Left: mean difference{du} with its {lvl} paired t interval (dotted: BCa). "
                     f"Right: d_z with its {lvl} noncentral-t interval. Colour: verdict.{margin}")
