@@ -12,13 +12,18 @@ and peak memory of what a user runs on them, each in a fresh process:
 30 seeds × 18 cells and arms, 30 epochs, moments at 4 sites of 2–3 layers on the probe batch, ~258
 moment rows per run) as the issue did: new seed ``s`` (0, 1, 2, ...) copies every run, curve row and
 moment row of one reference seed, drawn with a seeded ``numpy`` generator (``--seed``), under a new
-``run_id`` (and new ``init_hash`` / ``order_hash`` / ``data_hash``, shared by the arms of a seed as in a
+``run_id`` (and new ``init_hash`` / ``order_hash``, shared by the arms of a seed as in a
 real sweep, so the pairing certificate holds). The tables are written as a compaction writes them
 (``tables/*.parquet``, zstd, row groups of at most 2^20 rows; curves and moments grouped by run). A
 store of N runs has round(N / 18) seeds per arm (``--cells arch=mlp`` keeps 9 runs per seed, so 10^5
 runs have ~1.1·10^4 seeds per arm). Stores are cached under ``--stores`` (default: a folder in the
 system's temporary directory), keyed by their size, cells and seed; they are never part of the
 repository.
+
+**Time**: ``wall_s`` from start to exit; ``cpu_s``, the user + system CPU time of the command and every
+process it waited for (``wait4``), which a shared machine's other jobs slow far less than the wall
+clock; ``load_avg``, the machine's 1-minute load average when the command ended (2 cores: above 2,
+the command shared them).
 
 **Memory**: ``max_rss_mb`` is the kernel's peak resident set of the largest process of the command's
 process tree (``ru_maxrss`` of ``wait4``: the command, papermill's kernel, the figure workers);
@@ -62,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "data" / "reference" / "placement-mnist1d"
 COMMANDS = ("load", "compare", "report")
 ROW_GROUP = 2**20  # rows per Parquet row group: pyarrow's default, what a compaction's to_parquet writes
-FORMAT = 1  # of the generated stores; a cached store of another format is made again
+FORMAT = 3  # of the generated stores; a cached store of another format is made again
 
 
 # --- the stores -----------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ def make_store(path: Path, n_runs: int, *, seed: int = 0, cells: tuple[str, ...]
     new_seed = np.repeat(np.arange(n_seeds), per_seed)
     new_ids = [_hash16(ref_ids[r], s) for r, s in zip(src_rows, new_seed, strict=True)]
     runs = ref_runs.take(pa.array(src_rows))
-    for col in ("init_hash", "order_hash", "data_hash"):
+    for col in ("init_hash", "order_hash"):  # shared by the arms of a seed; data_hash is the dataset's, kept
         old = runs[col].to_pylist()
         runs = runs.set_column(runs.schema.get_field_index(col), col,
                                pa.array([_hash16(h, s) for h, s in zip(old, new_seed, strict=True)], pa.large_string()))
@@ -123,48 +128,45 @@ def make_store(path: Path, n_runs: int, *, seed: int = 0, cells: tuple[str, ...]
     pq.write_table(runs, tmp / "tables" / "runs.parquet", compression="zstd", row_group_size=ROW_GROUP)
 
     held = {"runs": len(runs), "seeds_per_arm": n_seeds, "runs_per_seed": per_seed}
-    ref_index = {rid: i for i, rid in enumerate(ref_ids)}
     for table in ("curves", "moments"):
-        ref = pq.read_table(reference / "tables" / f"{table}.parquet")
-        ref = ref.filter(pc.is_in(ref["run_id"], value_set=pa.array(ref_ids, pa.large_string())))
-        ref = ref.sort_by("run_id")  # each reference run's rows contiguous: start[i], count[i]
-        ids = ref["run_id"].to_numpy(zero_copy_only=False)
-        order = np.array([ref_index[r] for r in ids])
-        count = np.bincount(order, minlength=len(ref_ids))
-        start = np.zeros(len(ref_ids), np.int64)
-        first = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        start[order[first]] = first
-        writer = None
-        n_rows = 0
-        chunk: list[int] = []
-        with contextlib.ExitStack() as stack:
-            def flush(chunk: list[int]) -> None:
-                nonlocal writer, n_rows
-                take = np.concatenate([np.arange(start[src_rows[i]], start[src_rows[i]] + count[src_rows[i]])
-                                       for i in chunk])
-                part = ref.take(pa.array(take))
-                rid = pa.array(np.repeat(np.array(new_ids, dtype=object)[chunk], count[src_rows[chunk]]),
-                               pa.large_string())
-                part = part.set_column(part.schema.get_field_index("run_id"), "run_id", rid)
-                if writer is None:
-                    writer = stack.enter_context(pq.ParquetWriter(tmp / "tables" / f"{table}.parquet", part.schema,
-                                                                  compression="zstd"))
-                writer.write_table(part, row_group_size=ROW_GROUP)
-                n_rows += len(part)
-
-            rows_per_run = max(1, int(count.mean()))
-            for i in range(len(new_ids)):  # chunks of whole runs of about one row group
-                chunk.append(i)
-                if len(chunk) * rows_per_run >= ROW_GROUP:
-                    flush(chunk)
-                    chunk = []
-            if chunk:
-                flush(chunk)
-        held[table] = n_rows
+        held[table] = _write_copies(reference / "tables" / f"{table}.parquet", tmp / "tables" / f"{table}.parquet",
+                                    ref_ids, src_rows, new_ids)
     (tmp / "STORE.json").write_text(json.dumps({"format": FORMAT, "seed": seed, "cells": list(cells), **held}))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return held
+
+
+def _write_copies(source: Path, dest: Path, ref_ids: list[str], src_rows: np.ndarray, new_ids: list[str]) -> int:
+    """Write to ``dest`` the rows of ``source`` of reference run ``ref_ids[src_rows[i]]`` under run id
+    ``new_ids[i]``, for every i in order, in row groups of whole runs; return the rows written."""
+    ref = pq.read_table(source)
+    ref = ref.filter(pc.is_in(ref["run_id"], value_set=pa.array(ref_ids, pa.large_string())))
+    ref = ref.sort_by("run_id")  # each reference run's rows contiguous: start[i], count[i]
+    ids = ref["run_id"].to_numpy(zero_copy_only=False)
+    index = {rid: i for i, rid in enumerate(ref_ids)}
+    order = np.array([index[r] for r in ids])
+    count = np.bincount(order, minlength=len(ref_ids))
+    start = np.zeros(len(ref_ids), np.int64)
+    first = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    start[order[first]] = first
+    new_ids_arr = np.array(new_ids, dtype=object)
+    per_group = max(1, ROW_GROUP // max(1, int(count.mean())))  # runs per row group
+    n_rows = 0
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for lo in range(0, len(new_ids), per_group):
+            chunk = np.arange(lo, min(lo + per_group, len(new_ids)))
+            r = src_rows[chunk]
+            take = np.concatenate([np.arange(start[i], start[i] + count[i]) for i in r])
+            part = ref.take(pa.array(take))
+            rid = pa.array(np.repeat(new_ids_arr[chunk], count[r]), pa.large_string())
+            part = part.set_column(part.schema.get_field_index("run_id"), "run_id", rid)
+            if writer is None:
+                writer = stack.enter_context(pq.ParquetWriter(dest, part.schema, compression="zstd"))
+            writer.write_table(part, row_group_size=ROW_GROUP)
+            n_rows += len(part)
+    return n_rows
 
 
 def cached_store(root: Path, n_runs: int, *, seed: int, cells: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
@@ -241,7 +243,8 @@ def measure(argv: list[str], *, code: Path, timeout: float, max_mb: float) -> di
         watcher.join()
         err.seek(0)
         tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
-    return {"wall_s": round(wall, 2), "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "load_avg": round(os.getloadavg()[0], 2), "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "tree_pss_mb": round(peak[0] / 2**20, 1), "rc": proc.returncode,
             "note": killed[0] if killed else "", "stderr_tail": tail}
 
@@ -295,12 +298,13 @@ def machine() -> dict[str, Any]:
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| code | runs | seeds per arm | moment rows | command | wall s | peak RSS MB (largest process) "
-             "| peak PSS MB (process tree) | note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| code | runs | seeds per arm | moment rows | command | wall s | CPU s | load | peak RSS MB (largest "
+             "process) | peak PSS MB (process tree) | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         note = r["note"] or ("" if r["rc"] == 0 else f"exit {r['rc']}: {' '.join(r['stderr_tail'][-1:])[:120]}")
         lines.append(f"| {r['code']} | {r['runs']:,} | {r['seeds_per_arm']:,} | {r['moment_rows']:,} | {r['command']} "
-                     f"| {r['wall_s']:.1f} | {r['max_rss_mb']:,.0f} | {r['tree_pss_mb']:,.0f} | {note} |")
+                     f"| {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['load_avg']:.1f} | {r['max_rss_mb']:,.0f} "
+                     f"| {r['tree_pss_mb']:,.0f} | {note} |")
     return "\n".join(lines)
 
 
@@ -344,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"code": label, "runs": held["runs"], "seeds_per_arm": held["seeds_per_arm"],
                            "moment_rows": held["moments"], "curve_rows": held["curves"], "command": name, **r}
                     record["results"].append(row)
-                    print(f"  {label} {held['runs']} runs {name}: {r['wall_s']} s, {r['max_rss_mb']} MB, "
+                    print(f"  {label} {held['runs']} runs {name}: {r['wall_s']} s (CPU {r['cpu_s']} s, load "
+                          f"{r['load_avg']}), {r['max_rss_mb']} MB, "
                           f"tree PSS {r['tree_pss_mb']} MB, rc {r['rc']} {r['note']}", file=sys.stderr, flush=True)
                     if a.out:
                         a.out.write_text(json.dumps(record, indent=2) + "\n")

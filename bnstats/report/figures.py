@@ -158,13 +158,13 @@ def _seed_subsample(rep: Report, seeds: np.ndarray) -> np.ndarray:
     return np.sort(gen.choice(seeds, size=SEEDS_DRAWN_MAX, replace=False))
 
 
-def _violins(ax, data: list[np.ndarray], positions, colors: list, *, vert: bool, width: float) -> None:
+def _violins(ax, data: list[np.ndarray], positions, colors: list, *, vert: bool, width: float) -> list:
     """Kernel densities (matplotlib's violins, Scott's bandwidth) of each array of ``data``, filled in
-    its colour, no extrema or medians drawn (the means and intervals are drawn on top)."""
+    its colour, no extrema or medians drawn (the means and intervals are drawn on top); returns them."""
     keep = [(d[np.isfinite(d)], p, c) for d, p, c in zip(data, positions, colors, strict=True)]
     keep = [(d, p, c) for d, p, c in keep if d.size > 1 and np.ptp(d) > 0]
     if not keep:
-        return
+        return []
     parts = ax.violinplot([d for d, _, _ in keep], positions=[p for _, p, _ in keep], widths=width,
                           orientation="vertical" if vert else "horizontal", showextrema=False)
     for body, (_, _, c) in zip(parts["bodies"], keep, strict=True):
@@ -172,6 +172,7 @@ def _violins(ax, data: list[np.ndarray], positions, colors: list, *, vert: bool,
         body.set_edgecolor("none")
         body.set_alpha(0.35)
         body.set_zorder(0)
+    return parts["bodies"]
 
 
 def paired_seed_figure(rep: Report):
@@ -274,9 +275,9 @@ def differences_figure(rep: Report, cmp: pd.DataFrame):
             mask &= diffs[k] == r[k]
         x = diffs.loc[mask, "diff"].to_numpy(float)
         if x.size > SEEDS_DRAWN_MAX:
-            _violins(ax, [x], [y], [rep.palette[r["arm"]]], vert=False, width=0.5)
-            if density_label:
-                ax.fill_between([], [], color="0.7", lw=0, label="density over all seeds (colour = arm)")
+            bodies = _violins(ax, [x], [y], [rep.palette[r["arm"]]], vert=False, width=0.5)
+            if density_label and bodies:
+                bodies[0].set_label("density over all seeds (colour = arm)")
                 density_label = False
         else:
             jit = np.linspace(-0.18, 0.18, x.size) if x.size > 1 else np.zeros(x.size)
