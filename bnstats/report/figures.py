@@ -165,8 +165,13 @@ def _violins(ax, data: list[np.ndarray], positions, colors: list, *, vert: bool,
     keep = [(d, p, c) for d, p, c in keep if d.size > 1 and np.ptp(d) > 0]
     if not keep:
         return []
+    import inspect
+
+    # matplotlib 3.10 replaced vert= by orientation= (and warns about vert=); older ones know only vert=
+    way = {"orientation": "vertical" if vert else "horizontal"} \
+        if "orientation" in inspect.signature(ax.violinplot).parameters else {"vert": vert}
     parts = ax.violinplot([d for d, _, _ in keep], positions=[p for _, p, _ in keep], widths=width,
-                          orientation="vertical" if vert else "horizontal", showextrema=False)
+                          showextrema=False, **way)
     for body, (_, _, c) in zip(parts["bodies"], keep, strict=True):
         body.set_facecolor(c)
         body.set_edgecolor("none")
