@@ -1131,7 +1131,8 @@ class Results:
         Raises ``ValueError`` naming an unknown table or column (and the ones there are).
         """
         _check_table(table, runs=False)
-        ids, table_where = self._split_where(table, where)
+        runs, table_where = self._split_where(where)
+        ids = pa.array(runs["run_id"].to_numpy(), pa.string())
 
         def run(dataset):
             if dataset is None:
@@ -1192,10 +1193,9 @@ class Results:
             raise ValueError(f"stats: {bad or list(stats)} is not a tuple of {', '.join(_AGGREGATES)}")
         if not values:
             raise ValueError("values: name at least one numeric column to aggregate")
-        ids_all, table_where = self._split_where(table, where)
+        runs, table_where = self._split_where(where)
         run_by = [c for c in by if c in self.runs.columns]
         table_by = [c for c in by if c not in run_by]
-        runs = self.runs[self.runs["run_id"].isin(set(ids_all.to_pylist()))] if where else self.runs
         # each run's group of the run-level keys, as a small integer that the join carries to every row
         codes = runs.groupby(run_by, sort=True, observed=True, dropna=False).ngroup().to_numpy() if run_by else \
             np.zeros(len(runs), np.int64)
@@ -1254,8 +1254,8 @@ class Results:
         df = df[[*by, *cols]]
         return df.sort_values(by, kind="stable").reset_index(drop=True) if by else df
 
-    def _split_where(self, table: str, where: dict[str, Any] | None) -> tuple[pa.Array, dict[str, Any]]:
-        """The ids of the runs ``where`` selects (by columns of ``runs``) and its conditions on ``table``."""
+    def _split_where(self, where: dict[str, Any] | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The runs ``where`` selects (by columns of ``runs``) and its conditions on the table."""
         runs, rest = self.runs, {}
         for c, v in (where or {}).items():
             if c in self.runs.columns:
@@ -1263,7 +1263,7 @@ class Results:
                 runs = runs[runs[c].isin(values)]
             else:
                 rest[c] = v
-        return pa.array(runs["run_id"].to_numpy(), pa.string()), rest
+        return runs, rest
 
 
 _CATEGORICAL = ("source", "site")
