@@ -1116,6 +1116,24 @@ class Results:
         return _retry(self.path, table, lambda: _with_dataset(
             self.path, table, self._unit_dirs, lambda d: [] if d is None else list(d.schema.names)))
 
+    def count(self, table: str, where: dict[str, Any] | None = None) -> int:
+        """How many rows of ``table`` :meth:`read` would return for ``where``, counted without reading them
+        (the filters are evaluated on the filter columns only; no filter: the files' footers)."""
+        _check_table(table, runs=False)
+        runs, table_where = self._split_where(where)
+        ids = pa.array(runs["run_id"].to_numpy(), pa.string())
+
+        def run(dataset):
+            if dataset is None:
+                return 0
+            _check_columns(table, list(table_where), dataset.schema.names, "where")
+            filt = pc.field("run_id").isin(ids)
+            for c, v in table_where.items():
+                filt = filt & _condition(c, v)
+            return int(dataset.count_rows(filter=filt))
+
+        return _retry(self.path, table, lambda: _with_dataset(self.path, table, self._unit_dirs, run))
+
     def read(self, table: str, columns: list[str] | tuple[str, ...] | None = None,
              where: dict[str, Any] | None = None) -> pd.DataFrame:
         """The rows of ``table`` (``curves``, ``moments``, ``moments_channel``) that match ``where``, only

@@ -1,4 +1,4 @@
-"""Lazy, column-projected reads of large stores (issue 26 item 2): ``Results.read`` and ``Results.aggregate``.
+"""Lazy, column-projected reads of large stores (issue 26 item 2): ``Results.read``, ``.count``, ``.aggregate``.
 
 The eager tables (``.curves``, ``.moments``) must be the frames they were before the change; ``read``
 must return the rows and columns of the eager frame that its filters select; ``aggregate`` must equal
@@ -112,6 +112,9 @@ def test_read_returns_the_eager_rows_and_columns_it_selects(mixed_store):
     want["site"] = want["site"].cat.remove_unused_categories()
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     pd.testing.assert_frame_equal(res.read("curves"), res.curves, check_exact=True)
+    assert res.count("moments", where={"source": "probe", "site": ["norm_in", "act_out"], "epoch": [0, 30],
+                                       "placement": "after"}) == len(got)
+    assert res.count("curves") == len(res.curves) and res.count("moments_channel") == 0
     assert res.columns("moments")[-1] == "run_id" and "skew" in res.columns("moments")
 
 

@@ -583,7 +583,7 @@ class Report:
             if self.imported:
                 why = (f"the runs were imported from {source} (bnstats import); sources outside bnstats hold no "
                        "activation moments, which bnstats records while it trains")
-            elif kind == "association" and not self.res.moments.empty:
+            elif kind == "association" and self.res.count("moments"):
                 why = (f"no arm has moments at the norm_in site paired with the baseline {self.baseline!r} "
                        "(final epoch, probe batch)")
             elif not self.config.get("moments", {}).get("enabled", True):
@@ -594,7 +594,7 @@ class Report:
                     else f"No moment–{self.disp.label} association")
             return _HTML(f'<p class="absent">{esc(what)}: {esc(why)}.</p>')
         if kind == "learning_curves":
-            if self.imported and self.res.curves.empty:
+            if self.imported and not self.res.count("curves"):
                 why = f"the source ({source}) holds one value per run, no values per step"
             elif self.imported:
                 why = f"the source's values per step do not include the metric {self.metric!r}"
@@ -606,10 +606,10 @@ class Report:
     def has_curves(self) -> bool:
         """Whether there are learning curves to draw: a sweep's (per epoch), or an import's per-step values
         of the metric."""
-        c = self.res.curves
-        if c.empty:
+        have = self.res.columns("curves")  # read without the rows: 10^5 runs hold 3 M of them
+        if not (self.metric in have if self.imported else "epoch" in have):
             return False
-        return self.metric in c if self.imported else "epoch" in c
+        return self.res.count("curves") > 0
 
     def headline(self, cmp: pd.DataFrame, desc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """(raw, shown, tex): the headline table, one row per comparison."""
