@@ -85,9 +85,15 @@ def bench(session: nox.Session) -> None:
 
     Two versions of the code in one invocation: ``nox -s bench -- --ref main --cases single --no-sweep
     --rounds 20`` also runs the cases with main's bnstats and reports current / ref with 95% intervals.
+
+    ``nox -s bench -- scale [ARGS]`` runs ``benchmarks/bench_scale.py`` instead: load, compare and report
+    on synthetic stores of 10^3 to 10^5 runs, time and peak memory (see benchmarks/README.md).
     """
     install(session)
-    session.run("python", "benchmarks/bench_cpu.py", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    script, args = "benchmarks/bench_cpu.py", list(session.posargs)
+    if args[:1] == ["scale"]:
+        script, args = "benchmarks/bench_scale.py", args[1:]
+    session.run("python", script, *args, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session

@@ -79,8 +79,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.acero as ac
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .config import ConfigError, RunConfig, SweepConfig, stable_hash
@@ -1047,11 +1051,32 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
 
 # -------------------------------------------------------------------------------------------------
 # Reading
+#
+# The tables are read through pyarrow.dataset (projection and filters pushed into the Parquet reader:
+# only the named columns are decoded, row groups whose statistics exclude a filter are skipped) and
+# aggregated by pyarrow's Acero engine while they are scanned, so a store of 10^5 runs (25 M moment
+# rows) is summarised in a few hundred MB. Why pyarrow and not DuckDB: pyarrow is already the store's
+# Parquet library (no new dependency), its dataset scanner reads from the files this module opened
+# (the snapshot guarantee below), and Acero's scan -> filter -> project -> hash join -> aggregate plan
+# streams with one thread, batches in file order, so the same store gives the same bits every time
+# (tests/test_store_scale.py checks all three).
 
 
 @dataclass
 class Results:
-    """A sweep's tables. ``runs`` is read at once; the larger tables are read on first access."""
+    """A sweep's tables. ``runs`` is read at once; the larger tables only when asked.
+
+    - ``.curves``, ``.moments``, ``.moments_channel``: a whole table as a DataFrame (read on first
+      access, then kept): fine for a sweep of hundreds of runs, not for 10^5 (25 M moment rows).
+    - :meth:`read`: the rows and columns asked for (``where`` filters, ``columns`` projection).
+    - :meth:`aggregate`: count, mean, sd, min or max per group, computed while the table is scanned,
+      with groups of the table's columns (``epoch``, ``layer``, ``site``) and of the runs' (grid
+      factors), without materialising the rows.
+
+    All three see the same rows: those of the runs in ``runs`` (compacted rows win over a unit of the
+    same run), each file read through one open handle, so a compaction that replaces a table or moves
+    units meanwhile changes nothing in the answer.
+    """
 
     path: Path
     meta: dict[str, Any]
@@ -1067,73 +1092,321 @@ class Results:
     def config(self) -> dict[str, Any]:
         return self.meta["config"]
 
-    def _table(self, table: str) -> pd.DataFrame:
-        return _read_table(self.path, table, self._unit_dirs, set(self.runs["run_id"]))
-
     @cached_property
     def curves(self) -> pd.DataFrame:
-        return self._table("curves")
+        return self.read("curves")
 
     @cached_property
     def moments(self) -> pd.DataFrame:
-        return self._table("moments")
+        return self.read("moments")
 
     @cached_property
     def moments_channel(self) -> pd.DataFrame:
-        return self._table("moments_channel")
+        return self.read("moments_channel")
+
+    def with_runs(self, runs: pd.DataFrame) -> Results:
+        """The same store seen through ``runs``, a subset of :attr:`runs` (e.g. the evaluation runs of a
+        [tune] sweep, ``stats.evaluation_runs``): :meth:`read`, :meth:`aggregate` and the tables then hold
+        the rows of those runs only."""
+        return dataclasses.replace(self, runs=runs)
+
+    def columns(self, table: str) -> list[str]:
+        """The columns ``table`` holds (the union over its compacted file and the units)."""
+        _check_table(table, runs=False)
+        return _retry(self.path, table, lambda: _with_dataset(
+            self.path, table, self._unit_dirs, lambda d: [] if d is None else list(d.schema.names)))
+
+    def count(self, table: str, where: dict[str, Any] | None = None) -> int:
+        """How many rows of ``table`` :meth:`read` would return for ``where``, counted without reading them
+        (the filters are evaluated on the filter columns only; no filter: the files' footers)."""
+        _check_table(table, runs=False)
+        runs, table_where = self._split_where(where)
+        ids = pa.array(runs["run_id"].to_numpy(), pa.string())
+
+        def run(dataset):
+            if dataset is None:
+                return 0
+            _check_columns(table, list(table_where), dataset.schema.names, "where")
+            filt = pc.field("run_id").isin(ids)
+            for c, v in table_where.items():
+                filt = filt & _condition(c, v)
+            return int(dataset.count_rows(filter=filt))
+
+        return _retry(self.path, table, lambda: _with_dataset(self.path, table, self._unit_dirs, run))
+
+    def read(self, table: str, columns: list[str] | tuple[str, ...] | None = None,
+             where: dict[str, Any] | None = None) -> pd.DataFrame:
+        """The rows of ``table`` (``curves``, ``moments``, ``moments_channel``) that match ``where``, only
+        ``columns`` (default: all, in the stored order; ``run_id`` always, last unless named).
+
+        ``where``: ``{column: value}`` or ``{column: [values]}``, all of which must hold. A column of the
+        table is filtered while it is read (``{"source": "probe", "site": ["norm_in", "act_out"],
+        "epoch": 30}``); a column of ``runs`` (a grid factor, ``seed``, ``run_id``) selects the runs
+        whose rows are read (``{"placement": "before"}``). Rows come in the order of the whole tables
+        (``run_id``, ``epoch``, ``step``, ``source``, ``layer``, ``site``, ``channel``) with their dtypes
+        (``source`` and ``site`` categorical), so ``read(t)`` equals ``.curves`` / ``.moments``.
+
+        Raises ``ValueError`` naming an unknown table or column (and the ones there are).
+        """
+        _check_table(table, runs=False)
+        runs, table_where = self._split_where(where)
+        ids = pa.array(runs["run_id"].to_numpy(), pa.string())
+
+        def run(dataset):
+            if dataset is None:
+                return pd.DataFrame({"run_id": pd.Series(dtype=str)})
+            names = dataset.schema.names
+            cols = list(dict.fromkeys([*(columns if columns is not None else names), "run_id"]))
+            _check_columns(table, cols, names, "columns")
+            filt = pc.field("run_id").isin(ids)
+            for c, v in table_where.items():
+                filt = filt & _condition(c, v)
+            return _to_pandas(dataset.to_table(columns=cols, filter=filt, **_SCAN))
+
+        df = _retry(self.path, table, lambda: _with_dataset(self.path, table, self._unit_dirs, run))
+        sort = [c for c in ("run_id", "epoch", "step", "source", "layer", "site", "channel") if c in df]
+        if len(df) > 1:
+            df = df.sort_values(sort, kind="stable").reset_index(drop=True)
+        return df
+
+    def aggregate(self, table: str, by: list[str] | tuple[str, ...], values: list[str] | tuple[str, ...], *,
+                  where: dict[str, Any] | None = None, stats: tuple[str, ...] = ("n", "mean", "sd")) -> pd.DataFrame:
+        """Per group of ``by``: ``stats`` of each column of ``values``, computed while ``table`` is scanned.
+
+        Parameters
+        ----------
+        table : {"curves", "moments", "moments_channel"}
+        by : list of str
+            Group keys: columns of ``table`` (``epoch``, ``layer``, ``site``, ...) and of ``runs``
+            (grid factors, ``seed``, ``run_id``), joined on ``run_id``.
+        values : list of str
+            Numeric columns of ``table``.
+        where : dict, optional
+            As in :meth:`read`.
+        stats : tuple of {"n", "mean", "sd", "min", "max"}
+            ``n``: values that are not NaN; ``mean``; ``sd``: standard deviation with ddof = 1 (NaN for
+            fewer than two values); ``min``, ``max``. NaN values are left out of every statistic, as
+            pandas' ``groupby(...).agg`` leaves them out.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per group present, sorted by ``by``: the ``by`` columns, then ``<value>_<stat>``
+            for each value and stat (``skew_mean``, ``skew_sd``, ...). Equal to ``read(...)`` merged
+            with ``runs`` and grouped with pandas, to rounding (tests/test_store_scale.py).
+
+        Notes
+        -----
+        One Acero plan (pyarrow's streaming engine): scan (the columns needed, ``where`` pushed into
+        the Parquet reader) -> filter -> project (``run_id`` to the run's position in ``runs``; NaN to
+        null) -> hash join with the runs' group codes -> hash aggregate. It holds one batch of rows
+        and the groups at a time, whatever the size of the table, and runs on one thread with the
+        batches in file order, so its sums always add in the same order: the same store gives the same
+        bits.
+        """
+        _check_table(table, runs=False)
+        by, values = list(by), list(values)
+        bad = [s for s in stats if s not in _AGGREGATES]
+        if bad or not stats:
+            raise ValueError(f"stats: {bad or list(stats)} is not a tuple of {', '.join(_AGGREGATES)}")
+        if not values:
+            raise ValueError("values: name at least one numeric column to aggregate")
+        runs, table_where = self._split_where(where)
+        run_by = [c for c in by if c in self.runs.columns]
+        table_by = [c for c in by if c not in run_by]
+        # each run's group of the run-level keys, as a small integer that the join carries to every row
+        codes = runs.groupby(run_by, sort=True, observed=True, dropna=False).ngroup().to_numpy() if run_by else \
+            np.zeros(len(runs), np.int64)
+        groups = runs[run_by].assign(_group=codes).drop_duplicates("_group").set_index("_group")
+        right = pa.table({"_run": pa.array(np.arange(len(runs)), pa.int32()), "_group": pa.array(codes, pa.int32())})
+        ids = pa.array(runs["run_id"].to_numpy(), pa.string())
+
+        def run(dataset):
+            names = [] if dataset is None else dataset.schema.names
+            _check_columns(table, [*table_by, *values], names, "by and values")
+            if dataset is None:
+                return None
+            for v in values:
+                t = dataset.schema.field(v).type
+                if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+                    raise ValueError(f"values: {v!r} of {table} is not numeric ({t})")
+            filt = None
+            for c, v in table_where.items():
+                filt = _condition(c, v) if filt is None else filt & _condition(c, v)
+            read = list(dict.fromkeys(["run_id", *table_by, *values, *table_where]))
+            scan = ac.Declaration("scan", ac.ScanNodeOptions(dataset, columns=read, filter=filt, **_SCAN,
+                                                             require_sequenced_output=True, implicit_ordering=True))
+            steps = [scan] + ([ac.Declaration("filter", ac.FilterNodeOptions(filt))] if filt is not None else [])
+            proj = [pc.index_in(pc.field("run_id"), value_set=ids)]
+            for c in table_by:  # dictionary keys cannot cross the join: plain values
+                t = dataset.schema.field(c).type
+                proj.append(pc.field(c).cast(t.value_type) if pa.types.is_dictionary(t) else pc.field(c))
+            for v in values:
+                f = pc.field(v).cast(pa.float64())
+                proj.append(pc.if_else(pc.is_nan(f), pa.scalar(None, pa.float64()), f))
+            steps.append(ac.Declaration("project", ac.ProjectNodeOptions(proj, ["_run", *table_by, *values])))
+            join = ac.Declaration(
+                "hashjoin", ac.HashJoinNodeOptions("inner", left_keys="_run", right_keys="_run",
+                                                   left_output=[*table_by, *values], right_output=["_group"]),
+                inputs=[ac.Declaration.from_sequence(steps),
+                        ac.Declaration("table_source", ac.TableSourceNodeOptions(right))])
+            aggs = [(v, *_AGGREGATES[s], f"{v}_{s}") for v in values for s in stats]
+            agg = ac.Declaration("aggregate", ac.AggregateNodeOptions(aggs, keys=["_group", *table_by]))
+            return ac.Declaration.from_sequence([join, agg]).to_table(use_threads=False)
+
+        out = _retry(self.path, table, lambda: _with_dataset(self.path, table, self._unit_dirs, run))
+        cols = [f"{v}_{s}" for v in values for s in stats]
+        if out is None:
+            return pd.DataFrame({c: [] for c in [*by, *cols]})
+        df = out.to_pandas()
+        keys = groups.loc[df["_group"].to_numpy()]
+        for c in run_by:
+            df[c] = keys[c].to_numpy()
+            df[c] = df[c].astype(self.runs[c].dtype)
+        for c in cols:
+            if c.endswith("_n"):
+                df[c] = df[c].astype("int64")
+        for c in _CATEGORICAL:  # the dtypes of read()
+            if c in table_by:
+                df[c] = df[c].astype("category")
+        df = df[[*by, *cols]]
+        return df.sort_values(by, kind="stable").reset_index(drop=True) if by else df
+
+    def _split_where(self, where: dict[str, Any] | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The runs ``where`` selects (by columns of ``runs``) and its conditions on the table."""
+        runs, rest = self.runs, {}
+        for c, v in (where or {}).items():
+            if c in self.runs.columns:
+                values = list(v) if isinstance(v, list | tuple | set | frozenset) else [v]
+                runs = runs[runs[c].isin(values)]
+            else:
+                rest[c] = v
+        return runs, rest
 
 
 _CATEGORICAL = ("source", "site")
+# Read as dictionaries: a few distinct values in many rows (10^5 runs: 25 M moment rows, 10^5 run ids),
+# filtered and joined on their small dictionaries instead of on every row's string.
+_DICTIONARY = ("run_id", *_CATEGORICAL)
+# Scan options: one batch ahead, one file at a time (pyarrow's defaults read 16 batches ahead: ~1 GB
+# more at 10^5 runs for no speed on two cores).
+_SCAN = {"batch_readahead": 1, "fragment_readahead": 1}
+_AGGREGATES = {"n": ("hash_count", pc.CountOptions("only_valid")), "mean": ("hash_mean", None),
+               "sd": ("hash_stddev", pc.VarianceOptions(ddof=1)), "min": ("hash_min", None),
+               "max": ("hash_max", None)}
 
 
-def _read_table(path: Path, table: str, unit_dirs: list[Path], run_ids: set[str]) -> pd.DataFrame:
+def _check_table(table: str, *, runs: bool) -> None:
+    allowed = TABLES if runs else TABLES[1:]
+    if table not in allowed:
+        raise ValueError(f"table: {table!r} is not one of {', '.join(allowed)}")
+
+
+def _check_columns(table: str, wanted: list[str], names: list[str], what: str) -> None:
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise ValueError(f"{what}: {', '.join(map(repr, missing))} not in the {table} table"
+                         + (f" (its columns: {', '.join(names)})" if names else " (the store holds no such rows)"))
+
+
+def _condition(column: str, value: Any) -> pc.Expression:
+    if isinstance(value, list | tuple | set | frozenset):
+        return pc.field(column).isin(sorted(value))
+    return pc.field(column) == value
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """A table read with :data:`_DICTIONARY` columns, with the dtypes the tables always had: ``run_id``
+    a string column, ``source`` and ``site`` categorical (sorted categories, only those present)."""
+    df = table.to_pandas()
+    for c in _DICTIONARY:
+        if c in df and isinstance(df[c].dtype, pd.CategoricalDtype):
+            df[c] = df[c].astype(str) if c not in _CATEGORICAL else \
+                df[c].astype(str).astype("category")
+    for c in _CATEGORICAL:
+        if c in df and not isinstance(df[c].dtype, pd.CategoricalDtype):
+            df[c] = df[c].astype("category")
+    return df
+
+
+def _retry(path: Path, table: str, read: Callable[[], Any]) -> Any:
     for attempt in range(50):
         try:
-            return _read_table_once(path, table, unit_dirs, run_ids)
+            return read()
         except _UnitVanished:  # compacted while we read: its rows are in the table now, read again
             time.sleep(0.02 * attempt)
     raise RuntimeError(f"{path}: units keep vanishing while reading {table!r}; is a compaction looping?")
 
 
-def _read_table_once(path: Path, table: str, unit_dirs: list[Path], run_ids: set[str]) -> pd.DataFrame:
+def _with_dataset(path: Path, table: str, unit_dirs: list[Path], use: Callable[[Any], Any]) -> Any:
+    """``use(dataset)`` with ``dataset`` the compacted ``table`` and the units it does not hold, as one
+    :class:`pyarrow.dataset.Dataset` over files opened here (None: no file holds this table).
+
+    Each file is opened once and read through that handle, so a table that a compaction replaces by
+    rename meanwhile is read whole, old or new (a path would be opened twice, footer then pages).
+    Raises :class:`StoreError` naming a damaged file, :class:`_UnitVanished` if a unit left
+    ``units/`` before it was opened (compacted: read again).
+    """
     store = Store(path)
-    compacted = path / "tables" / f"{table}.parquet"
-    try:
-        frames = [_read_parquet(compacted)]
-    except FileNotFoundError:
-        frames = []
-    except _Damaged as exc:
-        raise store._damaged_error(compacted.parent, exc.why, table=True) from None
-    seen = set(frames[0]["run_id"].unique()) if frames and len(frames[0]) else set()
-    for u in unit_dirs:
-        if u.name in seen:  # compacted rows win over a unit (a late duplicate, or compacted meanwhile)
-            continue
+    dictionary = [] if table == "runs" else list(_DICTIONARY)
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=dictionary))
+    with contextlib.ExitStack() as stack:
+        fragments = []
+
+        def fragment(file: Path):
+            fh = stack.enter_context(pa.OSFile(str(file), "rb"))
+            try:
+                frag = fmt.make_fragment(fh)
+                return frag, frag.physical_schema  # reads the footer
+            except (pa.ArrowException, OSError) as exc:
+                raise _Damaged(f"{file.name}: {_parquet_why(exc)}") from None
+
+        compacted = path / "tables" / f"{table}.parquet"
+        seen: set[str] = set()
         try:
-            frames.append(_read_parquet(u / _UNIT_FILE[table]))
+            frag, schema = fragment(compacted)
+            fragments.append((frag, schema))
+            if unit_dirs:  # which runs the table holds: compacted rows win over a unit of the same run
+                col = ds.FileSystemDataset([frag], schema, fmt).to_table(columns=["run_id"])["run_id"]
+                for chunk in col.chunks:
+                    seen.update((chunk.dictionary.take(pc.unique(chunk.indices)) if dictionary else
+                                 pc.unique(chunk)).to_pylist())
         except FileNotFoundError:
-            if not u.is_dir():
-                raise _UnitVanished(u.name) from None
-            # the unit has no rows for this table (e.g. moments_channel when per_channel is off; load()
-            # checked the files its manifest lists)
+            pass
         except _Damaged as exc:
-            raise store._damaged_error(u, exc.why) from None
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({"run_id": pd.Series(dtype=str)})
-    df = pd.concat(frames, ignore_index=True)
-    df = df[df["run_id"].isin(run_ids)]
-    if table == "runs":
-        df = df.drop_duplicates("run_id", keep="first")
-    sort = [c for c in ("run_id", "epoch", "step", "source", "layer", "site", "channel") if c in df]
-    df = df.sort_values(sort, kind="stable").reset_index(drop=True)
-    for c in _CATEGORICAL:
-        if c in df:
-            df[c] = df[c].astype("category")
-    return df
+            raise store._damaged_error(compacted.parent, exc.why, table=True) from None
+        for u in unit_dirs:
+            if u.name in seen:
+                continue
+            try:
+                fragments.append(fragment(u / _UNIT_FILE[table]))
+            except FileNotFoundError:
+                if not u.is_dir():
+                    raise _UnitVanished(u.name) from None
+                # the unit has no rows for this table (e.g. moments_channel when per_channel is off; load()
+                # checked the files its manifest lists)
+            except _Damaged as exc:
+                raise store._damaged_error(u, exc.why) from None
+        if not fragments:
+            return use(None)
+        schema = pa.unify_schemas([s for _, s in fragments], promote_options="permissive")
+        return use(ds.FileSystemDataset([f for f, _ in fragments], schema, fmt))
+
+
+def _read_runs(path: Path, unit_dirs: list[Path]) -> pd.DataFrame:
+    """The runs table and the runs of the units it does not hold, one row per run."""
+    def run(dataset):
+        if dataset is None:
+            return pd.DataFrame({"run_id": pd.Series(dtype=str)})
+        return dataset.to_table(**_SCAN).to_pandas()
+
+    df = _retry(path, "runs", lambda: _with_dataset(path, "runs", unit_dirs, run))
+    return df.drop_duplicates("run_id", keep="first").sort_values("run_id", kind="stable").reset_index(drop=True)
 
 
 def load(path: str | Path) -> Results:
-    """Load a sweep directory: ``.runs`` (one row per finished run), ``.curves``, ``.moments``.
+    """Load a sweep directory: ``.runs`` (one row per finished run) at once, the other tables when asked
+    (``.curves``, ``.moments``, and :meth:`Results.read` / :meth:`Results.aggregate` for large stores).
 
     Only complete runs are visible; each run appears once however many workers wrote it.
     ``runs.attrs["factors"]`` lists the grid factors (used by ``bnstats.stats.compare``).
@@ -1152,7 +1425,7 @@ def load(path: str | Path) -> Results:
             unit_dirs = store.unit_dirs()
             for u, why in store.damaged_units().items():
                 raise store._damaged_error(u, why)
-            runs = _read_table(path, "runs", unit_dirs, _all_ids(path, unit_dirs))
+            runs = _read_runs(path, unit_dirs)
             break
         except FileNotFoundError:
             if attempt == 4:
@@ -1162,17 +1435,6 @@ def load(path: str | Path) -> Results:
     runs = runs.sort_values([c for c in factor_order if c in runs], kind="stable").reset_index(drop=True)
     runs.attrs["factors"] = list(meta["factors"])
     return Results(path, meta, runs, unit_dirs)
-
-
-def _all_ids(path: Path, unit_dirs: list[Path]) -> set[str]:
-    ids = {u.name for u in unit_dirs}
-    compacted = path / "tables" / "runs.parquet"
-    if compacted.is_file():
-        try:
-            ids |= set(_read_columns(compacted, ("run_id",))["run_id"])
-        except _Damaged as exc:
-            raise Store(path)._damaged_error(compacted.parent, exc.why, table=True) from None
-    return ids
 
 
 # -------------------------------------------------------------------------------------------------

@@ -432,9 +432,16 @@ def test_a_grid_over_lr_keeps_each_runs_lr_in_curves_and_moments(lr_sweep, tmp_p
     assert rep.by == ["arch", "lr"] and "lr" in rep.res.curves.columns
     fig = figures.learning_curves_figure(rep)
     assert [ax.get_title() for ax in fig.axes[::2]] == ["arch = mlp, lr = 0.05", "arch = mlp, lr = 0.1"]
-    mom = figures.probe_moments(rep)
-    run_lr = rep.runs.set_index("run_id")["lr"]
-    assert len(mom) and (mom["lr"].to_numpy() == run_lr.loc[mom["run_id"]].to_numpy()).all()
+    # the moments are grouped by each run's own lr, not by the curves' or moments' per-epoch columns
+    mom = figures.probe_moments(rep, moments=["skew"])
+    raw = rep.res.moments
+    raw = raw[(raw["source"] == "probe") & raw["site"].isin(figures.SITES)].drop(columns=["lr"], errors="ignore")
+    raw = raw.merge(rep.runs[["run_id", "lr", "placement", "arch"]], on="run_id")
+    keys = ["placement", "arch", "lr", "epoch", "layer", "site"]
+    want = raw.groupby(keys, observed=True)["skew"].mean().rename("skew_mean").reset_index()
+    got = mom.merge(want, on=keys, suffixes=("", "_want"))
+    assert len(mom) and len(got) == len(mom) == len(want) and sorted(mom["lr"].unique()) == [0.05, 0.1]
+    np.testing.assert_allclose(got["skew_mean"], got["skew_mean_want"], rtol=1e-12)
 
 
 @pytest.mark.slow

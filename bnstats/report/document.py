@@ -6,6 +6,7 @@ caveats, provenance) as HTML; and what it certifies about its inputs (:func:`pai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import importlib.metadata
@@ -15,6 +16,7 @@ import os
 import platform
 import re
 from collections.abc import Iterable, Sequence
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from ..stats import caveat_list
 from ..stats.compare import evaluation_runs
 from ..stats.decision import DIFFERENCE_VERDICTS
 from ..store import git_commit
-from .figures import PX_PER_IN, draw_figures, save_figure
+from .figures import PX_PER_IN, SEEDS_DRAWN_MAX, dense, draw_figures, save_figure
 from .rendering import check_parameters, display_path, import_defaults, scrub_paths
 from .tables import esc, html_table, tex_table, write_csv
 from .text import (
@@ -93,11 +95,37 @@ def _plain(v: Any) -> Any:
 
 
 def store_hash(runs: pd.DataFrame) -> str:
-    """sha256 of the runs table's contents (rows sorted by ``run_id``, columns by name; order-free)."""
+    """sha256 of the runs table's contents (rows sorted by ``run_id``, columns by name; order-free).
+
+    The hashed text is ``json.dumps(records, sort_keys=True, default=str)`` of the rows as
+    ``to_dict("records")`` gives them, floats written by ``repr`` (every digit), other values plain
+    (:func:`_plain`). It is written here one column at a time (:func:`_json_column`), the same bytes
+    in a tenth of the time: 10^5 runs took 10 s per call (tests/test_report_scale.py checks the equality).
+    """
     df = runs.sort_values("run_id", kind="stable")[sorted(runs.columns)]
-    recs = [{k: (repr(v) if isinstance(v, float) else _plain(v)) for k, v in r.items()}
-            for r in df.to_dict("records")]
-    return hashlib.sha256(json.dumps(recs, sort_keys=True, default=str).encode()).hexdigest()
+    cols = []
+    for c in df.columns:
+        key = json.dumps(str(c))
+        cols.append([f"{key}: {frag}" for frag in _json_column(df[c])])
+    rows = ("{" + ", ".join(parts) + "}" for parts in zip(*cols, strict=True)) if cols else ()
+    return hashlib.sha256(("[" + ", ".join(rows) + "]").encode()).hexdigest()
+
+
+def _json_column(col: pd.Series) -> list[str]:
+    """The JSON of each value of ``col`` as :func:`store_hash` writes it (see there)."""
+    if col.dtype == np.float64:  # repr of a float is ASCII: its JSON string needs no escapes
+        return [f'"{v!r}"' for v in col.tolist()]
+    if col.dtype == np.int64:
+        return [str(v) for v in col.tolist()]
+    if col.dtype == np.bool_:
+        return ["true" if v else "false" for v in col.tolist()]
+    if isinstance(col.dtype, pd.StringDtype) and not col.isna().any():
+        # json.dumps(str) is encode_basestring_ascii(str); each distinct value encoded once
+        codes, uniques = pd.factorize(col)
+        enc = [encode_basestring_ascii(u) for u in uniques]
+        return [enc[i] for i in codes.tolist()]
+    values = [r[col.name] for r in col.to_frame().to_dict("records")]  # to_dict's own boxing of this dtype
+    return [json.dumps(repr(v) if isinstance(v, float) else _plain(v), default=str) for v in values]
 
 
 REPORT_PACKAGES = ("numpy", "scipy", "statsmodels", "pandas", "pyarrow", "matplotlib", "seaborn",
@@ -185,6 +213,12 @@ class Report:
         import seaborn as sns
 
         self.palette = dict(zip(self.arms, sns.color_palette("colorblind", len(self.arms)).as_hex(), strict=True))
+
+    @functools.cached_property
+    def store_hash(self) -> str:
+        """:func:`store_hash` of every stored run (a [tune] sweep's tuning runs too), computed once (2.5 s at
+        10^5 runs)."""
+        return store_hash(self.res.runs)
 
     # --- output -----------------------------------------------------------------------------------
     def _record(self, path: Path) -> None:
@@ -299,12 +333,23 @@ class Report:
         du = f" ({d.diff_unit})" if d.diff_unit else ""
         margin = " Green band: equivalence margin." if self.params["margin"] is not None else ""
         if kind == "paired_seeds":
-            return (f"{esc(lab[0].upper() + lab[1:])}{f' ({d.unit})' if d.unit else ''} per arm, one panel per cell "
-                    f"({esc(cells)}). Grey lines join the arms of one seed (the pairing); large dots: arm means.")
+            head = (f"{esc(lab[0].upper() + lab[1:])}{f' ({d.unit})' if d.unit else ''} per arm, one panel per cell "
+                    f"({esc(cells)}). ")
+            if not dense(self):
+                return head + "Grey lines join the arms of one seed (the pairing); large dots: arm means."
+            return head + (f"Shaded: the density of the metric over all seeds of each arm (kernel density). Grey lines "
+                           f"join the arms of one seed (the pairing) for {SEEDS_DRAWN_MAX} seeds drawn at random "
+                           f"(seed {self.params['rng']}) in each panel with more; every seed in the others. Large dots: "
+                           "arm means over all seeds.")
         if kind == "differences":
-            return (f"Per-seed differences arm − baseline in {esc(lab)}{du}, one row per comparison; small dots: seeds. "
-                    f"Black: mean with its {lvl} paired t interval; purple bar: {lvl} BCa bootstrap interval; "
-                    f"dashed line: no difference.{margin}")
+            if not dense(self):
+                return (f"Per-seed differences arm − baseline in {esc(lab)}{du}, one row per comparison; small dots: "
+                        f"seeds. Black: mean with its {lvl} paired t interval; purple bar: {lvl} BCa bootstrap interval; "
+                        f"dashed line: no difference.{margin}")
+            return (f"Per-seed differences arm − baseline in {esc(lab)}{du}, one row per comparison; shaded: their "
+                    f"density over all seeds (kernel density; a comparison of at most {SEEDS_DRAWN_MAX} seeds shows "
+                    f"each seed as a small dot). Black: mean with its {lvl} paired t interval; purple bar: {lvl} BCa "
+                    f"bootstrap interval, both over all seeds; dashed line: no difference.{margin}")
         if kind == "forest":
             return (f"Effects across cells. Left: mean difference{du} with its {lvl} paired t interval (dotted: BCa). "
                     f"Right: d_z with its {lvl} noncentral-t interval. Colour: verdict.{margin}")
@@ -555,7 +600,7 @@ class Report:
             if self.imported:
                 why = (f"the runs were imported from {source} (bnstats import); sources outside bnstats hold no "
                        "activation moments, which bnstats records while it trains")
-            elif kind == "association" and not self.res.moments.empty:
+            elif kind == "association" and self.res.count("moments"):
                 why = (f"no arm has moments at the norm_in site paired with the baseline {self.baseline!r} "
                        "(final epoch, probe batch)")
             elif not self.config.get("moments", {}).get("enabled", True):
@@ -566,7 +611,7 @@ class Report:
                     else f"No moment–{self.disp.label} association")
             return _HTML(f'<p class="absent">{esc(what)}: {esc(why)}.</p>')
         if kind == "learning_curves":
-            if self.imported and self.res.curves.empty:
+            if self.imported and not self.res.count("curves"):
                 why = f"the source ({source}) holds one value per run, no values per step"
             elif self.imported:
                 why = f"the source's values per step do not include the metric {self.metric!r}"
@@ -578,10 +623,10 @@ class Report:
     def has_curves(self) -> bool:
         """Whether there are learning curves to draw: a sweep's (per epoch), or an import's per-step values
         of the metric."""
-        c = self.res.curves
-        if c.empty:
+        have = self.res.columns("curves")  # read without the rows: 10^5 runs hold 3 M of them
+        if not (self.metric in have if self.imported else "epoch" in have):
             return False
-        return self.metric in c if self.imported else "epoch" in c
+        return self.res.count("curves") > 0
 
     def headline(self, cmp: pd.DataFrame, desc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """(raw, shown, tex): the headline table, one row per comparison.
@@ -693,7 +738,7 @@ class Report:
             pairing.update({k: list(self.res.meta.get("pairing", {}).get(k, [])) for k in ("verified", "not_verified")})
         return {
             "title": self.title, "bnstats_version": __version__, "store": self.store_name,
-            "store_hash": store_hash(self.res.runs), "parameters": params,
+            "store_hash": self.store_hash, "parameters": params,
             "metric": self.metric, "factor": self.factor, "baseline": self.baseline, "by": self.by,
             "display": {"scale": self.disp.scale, "unit": self.disp.unit, "diff_unit": self.disp.diff_unit,
                         "label": self.disp.label},
@@ -1075,7 +1120,7 @@ class Report:
         runs = self.res.runs  # every stored run: a [tune] sweep's tuning runs chose its values, so they count here
         report_commit = git_commit()
         out: dict[str, Any] = {
-            "store": self.store_name, "store_hash": store_hash(runs), "runs": len(runs),
+            "store": self.store_name, "store_hash": self.store_hash, "runs": len(runs),
             "git_commit_runs": _uniq(runs, "git_commit"), "git_commit_report": report_commit or None,
             "bits": {f: _counts(runs, f) for f in BITS_FIELDS if f in runs},
             "bitwise_fields": ["torch_version", *BITWISE_FIELDS],
@@ -1156,7 +1201,7 @@ class Report:
             ("store", prov["store"]),
             ("store hash (sha256 of the runs table)", prov["store_hash"]),
             ("runs", str(len(runs))),
-            ("seeds", ", ".join(map(str, seeds))),
+            ("seeds", _seeds_text(seeds) if _all_int(seeds) else ", ".join(map(str, seeds))),
             ("git commit of the runs", commits_runs),
             ("git commit of this report", prov["git_commit_report"] or "not a git checkout"),
         ]
@@ -1179,7 +1224,8 @@ class Report:
             title, flat = "Import record (sweep.json)", _flatten(record)
         else:
             title, flat = "Sweep configuration (sweep.json)", _flatten(self.config)
-        config = "\n".join(f"{k} = {scrub_paths(json.dumps(v))}" for k, v in flat)
+        config = "\n".join(f"{k} = {_seeds_text(v) if k == 'seeds' and _many_seeds(v) else scrub_paths(json.dumps(v))}"
+                           for k, v in flat)
         parts.append(f'<h3>{title}</h3><pre class="config">{esc(config)}</pre>')
         return _HTML("".join(parts))
 
@@ -1261,6 +1307,25 @@ def _seeds(runs: pd.DataFrame) -> list[Any]:
 
 def _all_int(vals: Sequence[Any]) -> bool:
     return all(isinstance(v, int) and not isinstance(v, bool) for v in vals)
+
+
+SEEDS_LISTED_MAX = 30  # seeds the provenance lists one by one; more are written as ranges
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    """Up to :data:`SEEDS_LISTED_MAX` seeds as a JSON list; more as their count and ranges ("5556 seeds:
+    0–5555"), the first 20 ranges where even those are many. (A list of 10^4 seeds in one table cell takes
+    WeasyPrint more than 6 minutes to lay out; the full list is in the runs table and sweep.json.)"""
+    seeds = sorted(int(x) for x in seeds)
+    if len(seeds) <= SEEDS_LISTED_MAX:
+        return json.dumps(seeds)[1:-1] if seeds else ""
+    ranges = seed_ranges(seeds).split(", ")
+    shown = ", ".join(ranges[:20]) + (f", … ({len(ranges) - 20} more ranges)" if len(ranges) > 20 else "")
+    return f"{len(seeds)} seeds: {shown}"
+
+
+def _many_seeds(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > SEEDS_LISTED_MAX and all(isinstance(x, int) for x in v)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -135,21 +135,78 @@ def _cells(rep: Report, frame: pd.DataFrame) -> list[tuple[dict[str, Any], pd.Da
     return list(cells(frame, rep.by))
 
 
+#: Above this many seeds in a panel, the seed plots draw densities (and a stated random subsample of
+#: seeds as lines) instead of one line or dot per seed: 10^4 overlapping lines are a grey block. Every
+#: summary statistic drawn (arm means, intervals) is computed on all seeds whatever the count.
+SEEDS_DRAWN_MAX = 200
+
+
+def dense(rep: Report) -> bool:
+    """Whether some comparison has more than :data:`SEEDS_DRAWN_MAX` seeds (densities are drawn)."""
+    if not len(rep.runs):
+        return False
+    return bool(rep.runs.groupby([*rep.by, rep.factor], observed=True, dropna=False)["seed"].nunique().max()
+                > SEEDS_DRAWN_MAX)
+
+
+def _seed_subsample(rep: Report, seeds: np.ndarray) -> np.ndarray:
+    """:data:`SEEDS_DRAWN_MAX` of ``seeds`` drawn at random, from the report's ``rng`` (the same store and
+    parameters draw the same seeds), in their order."""
+    if len(seeds) <= SEEDS_DRAWN_MAX:
+        return seeds
+    gen = np.random.default_rng(rep.params["rng"])
+    return np.sort(gen.choice(seeds, size=SEEDS_DRAWN_MAX, replace=False))
+
+
+def _violins(ax, data: list[np.ndarray], positions, colors: list, *, vert: bool, width: float) -> list:
+    """Kernel densities (matplotlib's violins, Scott's bandwidth) of each array of ``data``, filled in
+    its colour, no extrema or medians drawn (the means and intervals are drawn on top); returns them."""
+    keep = [(d[np.isfinite(d)], p, c) for d, p, c in zip(data, positions, colors, strict=True)]
+    keep = [(d, p, c) for d, p, c in keep if d.size > 1 and np.ptp(d) > 0]
+    if not keep:
+        return []
+    import inspect
+
+    # matplotlib 3.10 replaced vert= by orientation= (and warns about vert=); older ones know only vert=
+    way = {"orientation": "vertical" if vert else "horizontal"} \
+        if "orientation" in inspect.signature(ax.violinplot).parameters else {"vert": vert}
+    parts = ax.violinplot([d for d, _, _ in keep], positions=[p for _, p, _ in keep], widths=width,
+                          showextrema=False, **way)
+    for body, (_, _, c) in zip(parts["bodies"], keep, strict=True):
+        body.set_facecolor(c)
+        body.set_edgecolor("none")
+        body.set_alpha(0.35)
+        body.set_zorder(0)
+    return parts["bodies"]
+
+
 def paired_seed_figure(rep: Report):
-    """Per cell: the metric per arm, one grey line per seed (the pairing), arm means as coloured dots."""
+    """Per cell: the metric per arm, one grey line per seed (the pairing), arm means as coloured dots.
+
+    With more than :data:`SEEDS_DRAWN_MAX` seeds in a cell: the density of the metric over all seeds per
+    arm (violins), lines for :data:`SEEDS_DRAWN_MAX` seeds drawn at random (:func:`_seed_subsample`), and
+    the arm means over all seeds.
+    """
     d = rep.disp
     runs = rep.runs
     cl = _cells(rep, runs)
     ncols = 2 if len(cl) <= 6 else 3
     fig, axes = _grid(len(cl), ncols_max=ncols, panel_h=2.1)
+    many = False
     for ax, (cell, sub) in zip(axes, cl, strict=True):
         arms = [a for a in rep.arms if (sub[rep.factor] == a).any()]
         wide = sub.pivot_table(index="seed", columns=rep.factor, values=rep.metric, aggfunc="first", dropna=False)
         wide = wide.reindex(columns=arms) * d.scale
         xs = np.arange(len(arms))
-        for _, row in wide.iterrows():
+        means = wide.mean(axis=0)  # over every seed
+        shown = wide
+        if len(wide) > SEEDS_DRAWN_MAX:
+            many = True
+            _violins(ax, [wide[a].to_numpy(float) for a in arms], xs, [rep.palette[a] for a in arms], vert=True,
+                     width=0.7)
+            shown = wide.loc[_seed_subsample(rep, wide.index.to_numpy())]
+        for _, row in shown.iterrows():
             ax.plot(xs, row.to_numpy(float), color="0.55", lw=0.7, alpha=0.6, marker="o", ms=2.2, zorder=1)
-        means = wide.mean(axis=0)
         for x, a in zip(xs, arms, strict=True):
             ax.scatter([x], [means[a]], s=36, color=rep.palette[a], edgecolor="black", lw=0.6, zorder=3)
         ax.set_xticks(xs, arms)
@@ -159,11 +216,15 @@ def paired_seed_figure(rep: Report):
         ax.set_xlabel(rep.factor)
         ax.set_ylabel(d.with_unit(d.label))
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    handles = [Line2D([], [], color="0.55", lw=0.7, marker="o", ms=2.2, label="one seed"),
+    handles = [Line2D([], [], color="0.55", lw=0.7, marker="o", ms=2.2,
+                      label=f"one seed ({SEEDS_DRAWN_MAX} drawn at random)" if many else "one seed"),
                Line2D([], [], lw=0, marker="o", ms=6, markerfacecolor="white", markeredgecolor="black",
                       label="arm mean (colour = arm)")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    if many:
+        handles.append(Patch(facecolor="0.7", edgecolor="none", label="density over all seeds"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     return fig
 
 
@@ -171,16 +232,16 @@ def _diff_frame(rep: Report) -> pd.DataFrame:
     """Per-seed differences arm − baseline, paired on seed as ``stats.compare`` pairs them."""
     from ..stats._frames import pair_up
 
-    rows = []
+    frames = []
     for cell, sub in _cells(rep, rep.runs):
         for arm in rep.arms[1:]:
             if not (sub[rep.factor] == arm).any():
                 continue
             r0, r1, _ = pair_up(sub, rep.factor, rep.baseline, arm, "seed", drop_unpaired=True, where="")
             dlt = (r1[rep.metric].to_numpy(float) - r0[rep.metric].to_numpy(float)) * rep.disp.scale
-            for seed, x in zip(r0["seed"], dlt, strict=True):
-                rows.append({**cell, "arm": arm, "seed": int(seed), "diff": x})
-    return pd.DataFrame(rows)
+            frames.append(pd.DataFrame({**{k: [v] * len(dlt) for k, v in cell.items()}, "arm": arm,
+                                        "seed": r0["seed"].to_numpy(int), "diff": dlt}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def comparison_labels(rep: Report, cmp: pd.DataFrame) -> list[str]:
@@ -197,7 +258,11 @@ def _margin_band(ax, rep: Report):
 
 
 def differences_figure(rep: Report, cmp: pd.DataFrame):
-    """Per comparison: every seed's difference, the mean with its t interval and the BCa interval."""
+    """Per comparison: every seed's difference, the mean with its t interval and the BCa interval.
+
+    A comparison of more than :data:`SEEDS_DRAWN_MAX` seeds shows the density of its differences over all
+    seeds (a violin) instead of one dot per seed; the mean and both intervals are ``cmp``'s (all seeds).
+    """
     import matplotlib.pyplot as plt
 
     d = rep.disp
@@ -207,15 +272,23 @@ def differences_figure(rep: Report, cmp: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(FIG_WIDTH, 0.45 * n + 1.3))
     _margin_band(ax, rep)
     ax.axvline(0, color="black", lw=0.8, ls="--", label="no difference")
+    dot_label = density_label = True
     for i, r in enumerate(cmp.to_dict("records")):
         y = n - 1 - i
         mask = diffs["arm"] == r["arm"]
         for k in rep.by:
             mask &= diffs[k] == r[k]
         x = diffs.loc[mask, "diff"].to_numpy(float)
-        jit = np.linspace(-0.18, 0.18, x.size) if x.size > 1 else np.zeros(x.size)
-        ax.scatter(x, y + jit, s=9, color=rep.palette[r["arm"]], alpha=0.75, lw=0, zorder=2,
-                   label="one seed (colour = arm)" if i == 0 else None)
+        if x.size > SEEDS_DRAWN_MAX:
+            bodies = _violins(ax, [x], [y], [rep.palette[r["arm"]]], vert=False, width=0.5)
+            if density_label and bodies:
+                bodies[0].set_label("density over all seeds (colour = arm)")
+                density_label = False
+        else:
+            jit = np.linspace(-0.18, 0.18, x.size) if x.size > 1 else np.zeros(x.size)
+            ax.scatter(x, y + jit, s=9, color=rep.palette[r["arm"]], alpha=0.75, lw=0, zorder=2,
+                       label="one seed (colour = arm)" if dot_label else None)
+            dot_label = False
         s = d.scale
         ax.errorbar(r["estimate"] * s, y + 0.3, xerr=[[r["estimate"] * s - r["ci_low"] * s], [r["ci_high"] * s - r["estimate"] * s]],
                     fmt="o", color="black", ms=4, capsize=2.5, lw=1.2, zorder=3,
@@ -299,36 +372,60 @@ def value_range(name: str, scale: float = 1.0) -> tuple[float, float]:
 
 def mean_sd_lines(ax, df: pd.DataFrame, x: str, y: str, hue: str, order: Sequence[str], palette: dict,
                   bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+    """:func:`band_lines` of per-seed rows ``df``: the mean and SD of ``y`` per ``hue`` and ``x`` by pandas."""
+    g = df.groupby([hue, x], observed=True, sort=True)[y].agg(["mean", "std"]).reset_index()
+    band_lines(ax, g.rename(columns={"mean": f"{y}_mean", "std": f"{y}_sd"}), x, y, hue, order, palette, bounds)
+
+
+def report_results(rep: Report):
+    """The store as the report sees it: its tables read for the report's runs only (``rep.runs``: a
+    [tune] sweep's evaluation runs), as the figures merged them with ``rep.runs`` before."""
+    return rep.res.with_runs(rep.runs)
+
+
+def band_lines(ax, agg: pd.DataFrame, x: str, y: str, hue: str, order: Sequence[str], palette: dict,
+               bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
     """One line per ``hue`` level: the mean of ``y`` over seeds at each ``x``, with a ± 1 SD band clipped
-    to ``bounds`` (the quantity's range, :func:`value_range`)."""
-    g = df.groupby([hue, x], observed=True, sort=True)[y].agg(["mean", "std"])
-    present = set(g.index.get_level_values(0))
+    to ``bounds`` (the quantity's range, :func:`value_range`).
+
+    ``agg`` holds one row per (``hue``, ``x``) with ``<y>_mean`` and ``<y>_sd`` (ddof = 1), as
+    :meth:`bnstats.store.Results.aggregate` returns them; an SD that is undefined (one seed) draws no band.
+    """
+    present = set(agg[hue])
     lo, hi = bounds
     for arm in order:
         if arm not in present:
             continue
-        s = g.xs(arm, level=0)
-        xs, m, sd = s.index.to_numpy(float), s["mean"].to_numpy(float), s["std"].fillna(0).to_numpy(float)
+        s = agg[agg[hue] == arm].sort_values(x, kind="stable")
+        xs, m = s[x].to_numpy(float), s[f"{y}_mean"].to_numpy(float)
+        sd = np.nan_to_num(s[f"{y}_sd"].to_numpy(float), nan=0.0)
         ax.plot(xs, m, color=palette[arm], lw=1.1, label=arm)
         ax.fill_between(xs, np.clip(m - sd, lo, hi), np.clip(m + sd, lo, hi), color=palette[arm], alpha=0.2, lw=0)
 
 
 def learning_curves_figure(rep: Report):
     """Per cell: test metric and training loss per epoch (an imported store: the metric per step, as its
-    source logged it), one line per arm (mean over seeds, band ± 1 SD); None without the metric's curves."""
+    source logged it), one line per arm (mean over seeds, band ± 1 SD); None without the metric's curves.
+
+    The curves are aggregated while the table is read (:meth:`~bnstats.store.Results.aggregate`: only
+    the columns plotted, one row per arm, cell and epoch), whatever the number of runs.
+    """
     from matplotlib.ticker import MaxNLocator
 
-    cv = _with_run_columns(rep, rep.res.curves)
-    ymetric = rep.metric if rep.metric in cv else "test_acc"
-    if ymetric not in cv:  # runs imported with values per step, but not of this metric
+    res = report_results(rep)
+    have = res.columns("curves")
+    ymetric = rep.metric if rep.metric in have else "test_acc"
+    if ymetric not in have:  # runs imported with values per step, but not of this metric
         return None
     # a sweep's curves are per epoch; imported ones per step, as the source logged them
-    x = "epoch" if "epoch" in cv else "step"
+    x = "epoch" if "epoch" in have else "step"
     ydisp = MetricDisplay.of(ymetric)
-    cv = cv.assign(**{ymetric: cv[ymetric] * ydisp.scale})
     panels = [(ymetric, ydisp.with_unit(ydisp.label))]
-    if "train_loss" in cv:
+    if "train_loss" in have:
         panels.append(("train_loss", "training loss (nats)"))
+    cv = res.aggregate("curves", [rep.factor, *rep.by, x], [c for c, _ in panels], stats=("mean", "sd"))
+    cv[f"{ymetric}_mean"] *= ydisp.scale
+    cv[f"{ymetric}_sd"] *= ydisp.scale
     cl = _cells(rep, cv)
     import matplotlib.pyplot as plt
 
@@ -336,8 +433,8 @@ def learning_curves_figure(rep: Report):
     for i, (cell, sub) in enumerate(cl):
         for j, (col, lab) in enumerate(panels):
             ax = axes[i, j]
-            mean_sd_lines(ax, sub, x, col, rep.factor, rep.arms, rep.palette,
-                          bounds=value_range(col, ydisp.scale if col == ymetric else 1.0))
+            band_lines(ax, sub, x, col, rep.factor, rep.arms, rep.palette,
+                       bounds=value_range(col, ydisp.scale if col == ymetric else 1.0))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(lab)
             ax.set_xlabel(x if i == len(cl) - 1 else "")
@@ -352,28 +449,28 @@ MOMENTS = ("skew", "exkurt", "frac_zero")  # the shape of a distribution: what t
 SITES = ("norm_in", "act_out")
 
 
-def probe_moments(rep: Report) -> pd.DataFrame:
-    m = rep.res.moments
-    if m.empty or "source" not in m:
-        return pd.DataFrame()
-    return _with_run_columns(rep, m[m["source"] == "probe"])
+def probe_moments(rep: Report, sites: Sequence[str] = SITES, moments: Sequence[str] | None = None) -> pd.DataFrame:
+    """The moments of the probe batch at ``sites``, aggregated over seeds: one row per arm, cell, epoch,
+    layer and site with ``n``, ``mean`` and ``sd`` of each moment (``skew_mean``, ...; default: the
+    report's ``moments`` parameter).
 
-
-def _with_run_columns(rep: Report, rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` (curves or moments, by ``run_id``) with each run's seed, factor and cell columns.
-
-    The run's own values win: a grid factor may share its name with a per-epoch column (``grid.lr``
-    and the curves' scheduled ``lr``), and the cell is defined by the run's value, not the epoch's.
+    Computed while the moments table is scanned (:meth:`~bnstats.store.Results.aggregate`): a store of
+    10^5 runs (25 M moment rows) gives ~2,300 rows here without ever holding its rows. Empty when the
+    store has no probe moments.
     """
-    cols = ["run_id", "seed", rep.factor, *rep.by]
-    clash = [c for c in cols if c != "run_id" and c in rows.columns]
-    return rows.drop(columns=clash).merge(rep.runs[cols], on="run_id", how="inner")
+    moments = list(moments if moments is not None else rep.params.get("moments", MOMENTS))
+    res = report_results(rep)
+    if not {"source", "site", "epoch", "layer", *moments} <= set(res.columns("moments")):
+        return pd.DataFrame()
+    return res.aggregate("moments", [rep.factor, *rep.by, "epoch", "layer", "site"], moments,
+                             where={"source": "probe", "site": list(sites)})
 
 
 def moments_figure(rep: Report, mom: pd.DataFrame, cell: dict[str, Any], sites: Sequence[str] = SITES,
                    moments: Sequence[str] | None = None):
     """One cell: the moments (default: the report's ``moments`` parameter, skewness, excess kurtosis and
-    fraction of zeros; ``mean`` and ``var`` too where asked) at each site and layer over training, per arm."""
+    fraction of zeros; ``mean`` and ``var`` too where asked) at each site and layer over training, per arm
+    (``mom``: :func:`probe_moments`, mean and SD over seeds)."""
     moments = list(moments if moments is not None else rep.params.get("moments", MOMENTS))
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -397,7 +494,7 @@ def moments_figure(rep: Report, mom: pd.DataFrame, cell: dict[str, Any], sites: 
         sl = sub[sub["layer"] == layer]
         for i, (st, mo) in enumerate(rows):
             ax = axes[i, j]
-            mean_sd_lines(ax, sl[sl["site"] == st], "epoch", mo, rep.factor, arms, rep.palette, bounds=value_range(mo))
+            band_lines(ax, sl[sl["site"] == st], "epoch", mo, rep.factor, arms, rep.palette, bounds=value_range(mo))
             ax.set_ylabel(f"{st}\n{MOMENT_LABELS[mo]}" if j == 0 else "")
             ax.set_xlabel("epoch (0 = initialization)" if i == len(rows) - 1 else "")
             if i == 0:
@@ -417,11 +514,34 @@ def _fixed_layout(fig, *, left: float, right: float, top: float, bottom: float, 
                         wspace=wspace, hspace=hspace)
 
 
+def association_moments(rep: Report, moments: Sequence[str] = MOMENTS, site: str = "norm_in") -> pd.DataFrame:
+    """What ``stats.association`` and ``stats.paired_association`` read of the moments table (probe batch,
+    ``site``, each run's last epoch): one row per run and layer, read as such, not filtered from all rows.
+
+    Each run's last epoch at ``site`` comes from an aggregate (max epoch per run); then only the rows
+    at those epochs are read (a handful of distinct epochs: the planned one, and those where diverged
+    runs stopped). ``stats`` picks each run's last epoch from them, so it sees the rows it would pick
+    from the whole table.
+    """
+    res = report_results(rep)
+    if not {"source", "site", "epoch", "step", "layer", *moments} <= set(res.columns("moments")):
+        return pd.DataFrame()
+    where = {"source": "probe", "site": site}
+    last = res.aggregate("moments", ["run_id"], ["epoch"], where=where, stats=("max",))
+    if last.empty:
+        return pd.DataFrame()
+    epochs = sorted({int(e) for e in last["epoch_max"]})
+    return res.read("moments", ["epoch", "step", "source", "layer", "site", *moments],
+                        where={**where, "epoch": epochs})
+
+
 def association_frames(rep: Report, moments: Sequence[str] = MOMENTS, site: str = "norm_in"):
     """``stats.paired_association`` (Δmoment vs Δmetric) and ``stats.association`` (per arm), stacked over moments."""
     from .. import stats
 
-    m = rep.res.moments
+    m = association_moments(rep, moments, site)
+    if m.empty:
+        return pd.DataFrame(), pd.DataFrame()
     kw = dict(metric=rep.metric, factor=rep.factor, source="probe", confidence_level=rep.params["confidence_level"],
               nan_policy="omit")
     pa, a = [], []

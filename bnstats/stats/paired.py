@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 from scipy import optimize, special
@@ -174,6 +175,63 @@ def signflip(x, *, alternative, n_resamples, rng):
     p_greater, p_less = (n_ge + adj) / (total + adj), (n_le + adj) / (total + adj)
     p = {"greater": p_greater, "less": p_less, "two-sided": 2 * min(p_less, p_greater)}[alternative]
     return float(min(max(p, 0.0), 1.0)), "exact" if exact else "monte carlo"
+
+
+def bca_mean(x, *, n_resamples, confidence_level, alternative, rng):
+    """BCa bootstrap interval of the mean of ``x``: :func:`scipy.stats.bootstrap` with ``method="BCa"``,
+    its O(n²) jackknife replaced by the closed form of the mean's. Returns ``(low, high)``.
+
+    The bootstrap distribution is scipy's, from the same draws of ``rng`` (``method="percentile"``
+    resamples exactly as ``"BCa"`` does, in batches of :data:`BATCH_VALUES`); the bias correction ``z0``
+    and the interval's quantiles follow scipy's ``_bca_interval`` step by step. Only the acceleration
+    differs in how it is computed: scipy evaluates the mean on each of the n leave-one-out samples
+    (n² values: 4.4 s of a 5 s comparison at 10^4 seeds); for the mean the leave-one-out estimates are
+    ``θ₍ᵢ₎ = (n x̄ − xᵢ)/(n − 1)``, so ``(n − 1)(θ₍.₎ − θ₍ᵢ₎) = xᵢ − x̄`` and
+
+        â = Σ (xᵢ − x̄)³ / (6 [Σ (xᵢ − x̄)²]^{3/2})
+
+    (Efron & Tibshirani 1993, eq. 14.15), in O(n). The intervals agree with scipy's to ~1e-12 relative
+    (rounding: scipy subtracts nearly equal leave-one-out means, this form does not);
+    tests/stats/test_stats_bca.py checks them against ``scipy.stats.bootstrap(method="BCa")``.
+
+    A NaN end (the interval cannot be computed, e.g. all bootstrap means on one side of x̄) warns
+    :class:`scipy.stats.DegenerateDataWarning` with scipy's message, as scipy does.
+
+    References
+    ----------
+    Efron, B. (1987). Better bootstrap confidence intervals. *JASA* 82(397), 171–185.
+    Efron, B., Tibshirani, R. J. (1993). *An Introduction to the Bootstrap*, ch. 14. Chapman & Hall.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    res = sps.bootstrap((x,), np.mean, n_resamples=n_resamples, batch=_batch(n), vectorized=True,
+                        confidence_level=confidence_level, alternative=alternative, method="percentile", rng=rng)
+    theta_b = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+    theta_hat = float(np.mean(x))
+    # z0: scipy's _percentile_of_score (the "mean" kind of percentileofscore, as a fraction)
+    pct = (np.count_nonzero(theta_b < theta_hat) + np.count_nonzero(theta_b <= theta_hat)) / (2 * theta_b.size)
+    z0 = special.ndtri(pct)
+    u = x - theta_hat
+    a_hat = np.sum(u**3) / (6.0 * np.sum(u**2) ** 1.5)
+    alpha = (1 - confidence_level) / 2 if alternative == "two-sided" else 1 - confidence_level
+    z_alpha = float(special.ndtri(alpha))
+    num1, num2 = z0 + z_alpha, z0 - z_alpha
+    alpha_1 = special.ndtr(z0 + num1 / (1 - a_hat * num1))
+    alpha_2 = special.ndtr(z0 + num2 / (1 - a_hat * num2))
+    if np.isnan(alpha_1) or np.isnan(alpha_2):
+        low = high = math.nan
+    else:
+        # scipy.stats.quantile's default ("linear") is numpy's default: R's type 7
+        low, high = (float(q) for q in np.quantile(theta_b, [alpha_1, alpha_2]))
+    if math.isnan(low) or math.isnan(high):
+        warnings.warn(sps.DegenerateDataWarning(
+            "The BCa confidence interval cannot be calculated. This problem is known to occur when the "
+            "distribution is degenerate or the statistic is np.min."), stacklevel=2)
+    if alternative == "less":
+        low = -math.inf
+    elif alternative == "greater":
+        high = math.inf
+    return low, high
 
 
 def _counts(name, value, size):
@@ -408,15 +466,11 @@ def paired(
     if degenerate:
         boot_low = boot_high = nan
     else:
-        bres = capture(
-            lambda: sps.bootstrap(
-                (d,), np.mean, n_resamples=n_resamples, batch=_batch(n), vectorized=True, confidence_level=cl,
-                alternative=alternative, method="BCa", rng=rng_boot,
-            ),
+        boot_low, boot_high = capture(
+            lambda: bca_mean(d, n_resamples=n_resamples, confidence_level=cl, alternative=alternative, rng=rng_boot),
             caveats,
             "BCa bootstrap",
         )
-        boot_low, boot_high = float(bres.confidence_interval.low), float(bres.confidence_interval.high)
 
     # --- Wilcoxon signed-rank ------------------------------------------------------------------
     # Under zero_method="wilcox" the zeros are dropped before ranking, so the test (and its permutation
@@ -512,4 +566,4 @@ def _resolve_wilcoxon(method: str, d: np.ndarray, zero_method: str, n_resamples:
     return auto_wilcoxon_method(absd.size, ties=has_zero or has_ties, n_resamples=n_resamples)
 
 
-__all__ = ["paired", "PairedResult", "DEFAULT_SEED", "dz_interval", "signflip"]
+__all__ = ["paired", "PairedResult", "DEFAULT_SEED", "bca_mean", "dz_interval", "signflip"]
