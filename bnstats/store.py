@@ -346,17 +346,13 @@ class Store:
                     store.log(f"{meta_path}: recovered from the runs stored in {where} (every one is a run "
                               f"of this config; seeds {_seed_text(meta['config']['seeds'])})")
             else:
+                store._check_identity(identity)  # a refused directory gains nothing (no layout folders)
                 store._make_layout()
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise ConfigError(f"--out: {where!r} is not writable ({exc.strerror})") from None
             raise
-        meta = store.meta()
-        if meta["identity_hash"] != store.identity_hash:
-            diff = _first_difference(meta["identity"], identity)
-            raise ConfigError(
-                f"--out: {where!r} belongs to a different config ({diff}); "
-                "use another --out directory or the original config")
+        meta = store._check_identity(identity)
         if set(sweep.seeds) - set(meta["config"]["seeds"]):  # record seeds added later
             with store._lock("adding seeds"):  # read-modify-write: two launches adding seeds keep both
                 meta = store.meta()
@@ -364,6 +360,17 @@ class Store:
                 store._atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
         store.clean_tmp()
         return store
+
+    def _check_identity(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """The directory's ``sweep.json``; :class:`ConfigError` naming the first difference if it belongs to
+        another config than ``identity``."""
+        meta = self.meta()
+        if meta["identity_hash"] != self.identity_hash:
+            diff = _first_difference(meta["identity"], identity)
+            raise ConfigError(
+                f"--out: {str(self.path)!r} belongs to a different config ({diff}); "
+                "use another --out directory or the original config")
+        return meta
 
     def _make_layout(self) -> None:
         new = not self.path.exists()

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,19 @@ def test_output_directory_of_another_config_is_refused(tiny_config, tmp_path, ca
     err = capsys.readouterr().err
     assert "belongs to a different config" in err and "train.lr" in err
     assert sorted(p.name for p in (out / "tables").iterdir()) == before
+
+
+def test_a_refused_directory_gains_nothing(tiny_config, tmp_path, capsys):
+    """A store as shipped (sweep.json and tables, no working folders) refused for another config: the
+    directory keeps exactly its files (no claims/, failed/, tmp/, units/ created before the refusal)."""
+    out = tmp_path / "sw"
+    run_sweep(config.load(tiny_config), out, executor=InlineExecutor(), progress=False)
+    for d in ("claims", "failed", "tmp", "units"):
+        shutil.rmtree(out / d)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert _cli("sweep", tiny_config, "--out", out, "--set", "train.lr=0.2") == 2
+    assert "belongs to a different config" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
 def test_a_failing_run_is_recorded_others_complete_and_relaunch_retries(tiny_config, tmp_path, monkeypatch):
