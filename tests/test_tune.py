@@ -410,6 +410,14 @@ def test_the_report_tuning_section_methods_and_caveats(tuned, tmp_path):
     summary = rep.tuning_summary()["tuning"]
     assert summary["runs_per_arm"] == 6 and [a["chosen"]["lr"] for a in summary["arms"]] == tuned_csv["chosen_lr"].tolist()
     json.dumps(summary, allow_nan=False)
+    # the headline table: each arm's chosen values under its mean, the baseline's under the baseline's
+    cmp = stats.compare(rep.runs, n_resamples=99)
+    raw, shown, tex = rep.headline(cmp, stats.describe(rep.runs))
+    lr = dict(zip(tuned_csv["placement"], tuned_csv["chosen_lr"], strict=True))
+    assert raw["tuned_arm"].tolist() == [f"lr = {lr[a]:g}" for a in raw["arm"]]
+    assert set(raw["tuned_baseline"]) == {f"lr = {lr['before']:g}"}
+    assert all(v.endswith(f"\nlr = {lr[a]:g}") for v, a in zip(shown["arm (%)"], raw["arm"], strict=True))
+    assert "chosen on the validation set" in rep.headline_table(raw, shown, tex, cmp).data
 
 
 @pytest.mark.slow

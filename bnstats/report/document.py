@@ -298,7 +298,10 @@ class Report:
         u = f" ({d.unit})" if d.unit else ""
         du = f" ({d.diff_unit})" if d.diff_unit else ""
         cap = (f"Headline: one row per comparison (cell × arm vs. {esc(self.baseline)}). Baseline and arm: mean ± SD "
-               f"over seeds{u}. Δ: mean of the per-seed differences arm − baseline{du}. d_z: mean / SD of the "
+               f"over seeds{u}"
+               + (f", under it the {esc(', '.join(self.tune.keys))} the arm trained with, chosen on the validation "
+                  "set (Hyperparameters tuned per arm)" if self.tune.enabled else "")
+               + f". Δ: mean of the per-seed differences arm − baseline{du}. d_z: mean / SD of the "
                "differences, with its noncentral-t interval. p: the comparison's own test (the paired t-test; the "
                "exact sign-flip test where every seed's difference is equal, which leaves the t interval undefined). "
                + esc(self.headline_note(cmp)))
@@ -641,11 +644,15 @@ class Report:
         raw_rows, shown, tex = [], [], []
         lvl = f"{self.level:g}%"
         margin = self.params["margin"] is not None
+        chosen = self._chosen_values()
         for r in cmp.to_dict("records"):
             cell = tuple(r[k] for k in self.by)
             a = st.loc[(*cell, r["baseline"])] if self.by else st.loc[r["baseline"]]
             b = st.loc[(*cell, r["arm"])] if self.by else st.loc[r["arm"]]
-            raw_rows.append({**{k: r[k] for k in self.by}, "arm": r["arm"], "baseline": r["baseline"], "n": r["n"],
+            # a [tune] sweep: each arm's own values beside its mean (what it trained with)
+            va, vb = chosen.get((*cell, r["baseline"]), ""), chosen.get((*cell, r["arm"]), "")
+            tuned = {"tuned_baseline": va, "tuned_arm": vb} if chosen else {}
+            raw_rows.append({**{k: r[k] for k in self.by}, "arm": r["arm"], "baseline": r["baseline"], **tuned, "n": r["n"],
                              "mean_baseline": a["mean"], "sd_baseline": a["sd"], "mean_arm": b["mean"], "sd_arm": b["sd"],
                              "estimate": r["estimate"], "verdict": r["verdict"],
                              "ci_low_decision": r["ci_low_decision"], "ci_high_decision": r["ci_high_decision"],
@@ -674,8 +681,8 @@ class Report:
                 per = f"t: {c['t_ci']}, p {c['p']}\nBCa: {c['boot_ci']}"
             shown.append({
                 **cells, self.factor: r["arm"], "n": str(r["n"]),
-                d.with_unit(str(r["baseline"])): mean_sd(a["mean"], a["sd"], d),
-                d.with_unit("arm"): mean_sd(b["mean"], b["sd"], d),
+                d.with_unit(str(r["baseline"])): mean_sd(a["mean"], a["sd"], d) + (f"\n{va}" if va else ""),
+                d.with_unit("arm"): mean_sd(b["mean"], b["sd"], d) + (f"\n{vb}" if vb else ""),
                 d.with_unit("Δ", True): c["delta"], "verdict": c["verdict"],
                 d.with_unit(f"{lvl} decision interval", True): "\n".join(decision),
                 d.with_unit(f"{lvl} CI per comparison", True): per,
@@ -685,8 +692,8 @@ class Report:
             t = comparison_cells(r, d, style="tex")
             trow = {
                 **cells, self.factor: r["arm"], "n": str(r["n"]),
-                d.with_unit(str(r["baseline"])): mean_sd(a["mean"], a["sd"], d, style="tex"),
-                d.with_unit("arm"): mean_sd(b["mean"], b["sd"], d, style="tex"),
+                d.with_unit(str(r["baseline"])): mean_sd(a["mean"], a["sd"], d, style="tex") + (f" ({va})" if va else ""),
+                d.with_unit("arm"): mean_sd(b["mean"], b["sd"], d, style="tex") + (f" ({vb})" if vb else ""),
                 d.with_unit(r"$\Delta$", True): t["delta"], "verdict": t["verdict"],
                 d.with_unit(f"{lvl} decision interval", True): t["decision"],
                 r"$p_\mathrm{adj}$": t["p_adj"],
@@ -699,6 +706,17 @@ class Report:
             })
             tex.append(trow)
         return pd.DataFrame(raw_rows), pd.DataFrame(shown), pd.DataFrame(tex)
+
+    def _chosen_values(self) -> dict[tuple, str]:
+        """A [tune] sweep's chosen values per arm, ``{(*cell, arm): "lr = 0.1"}`` (recomputed from the stored
+        tuning runs, as the tuning section shows them); empty for a sweep without [tune]."""
+        if not self.tune.enabled:
+            return {}
+        from . import tuning
+
+        _, choices = tuning.frames(self)
+        return {(*(r[k] for k in self.by), r[self.factor]): tuning._values_text(self.tune, r)
+                for r in choices.to_dict("records")}
 
     def arms_table(self, desc: pd.DataFrame):
         d = self.disp
