@@ -90,14 +90,25 @@ def arms(config: SweepConfig) -> list[Arm]:
     tunes: dict[tuple, list[RunConfig]] = {k: [] for k in evals}
     for r in dataclasses.replace(config, seeds=t.seeds).runs():
         tunes[tuple(r.factor_values().items())].append(r)
-    return [Arm(key, tuple(combos), tuple(tuple(r.with_values(c) for r in tunes[key]) for c in combos),
+    return [Arm(key, tuple(combos), tuple(tuple(tuning_run(r, c) for r in tunes[key]) for c in combos),
                 tuple(evals[key])) for key in evals]
+
+
+def tuning_run(run: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """The tuning run of ``run``'s arm and seed with the candidate ``values``: it records no moments.
+
+    Why: tuning runs only choose values (from their validation columns) and are never compared; their
+    moments would cost time and a third of a tuned study's store (the shipped one: 13 of 14 MB were
+    moments, 270 of 810 runs tuning runs). The evaluation runs record moments as ``[moments]`` says.
+    """
+    run = run.with_values(values)
+    return dataclasses.replace(run, moments=dataclasses.replace(run.moments, enabled=False))
 
 
 def preflight_runs(config: SweepConfig) -> list[RunConfig]:
     """One run per arm and candidate (the first tuning seed): what a preflight builds and checks."""
     base = dataclasses.replace(config, seeds=config.tune.seeds[:1]).runs()
-    return [r.with_values(c) for r in base for c in config.tune.combos()]
+    return [tuning_run(r, c) for r in base for c in config.tune.combos()]
 
 
 # ---------------------------------------------------------------------------------------------------

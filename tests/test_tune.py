@@ -109,6 +109,10 @@ def test_each_arm_trains_the_lr_its_tuning_runs_choose(tuned):
     for r in ev.to_dict("records"):
         plain = [x for x in cfg.runs() if x.seed == r["seed"] and x.model.placement == r["placement"]][0]
         assert plain.with_values({"lr": r["lr"]}).run_id == r["run_id"]
+    # tuning runs record no moments (they only choose); evaluation runs record them as [moments] says
+    mom = store.load(out).moments
+    assert set(mom["run_id"]) == set(ev["run_id"])
+
 
 
 def test_the_selection_reads_no_test_metric(tuned, tmp_path):
