@@ -386,6 +386,25 @@ def test_compare_describe_certificate_use_the_evaluation_runs_only_and_say_so(tu
         stats.compare(runs[runs["stage"] == "tune"])
 
 
+def test_compare_counts_the_tuning_runs_it_leaves_out_per_cell_on_arrow_backed_columns():
+    """Stores load strings as Arrow-backed columns, whose comparisons convert to read-only arrays: the count
+    of excluded tuning runs per cell (``by``) must not write into them (it crashed on the tuned reference)."""
+    rows = []
+    for act in ("relu", "tanh"):
+        for seed in (0, 1, 2):
+            for placement, shift in (("before", 0.0), ("after", 0.01 * (seed + 1))):
+                rows.append({"run_id": f"{act}{seed}{placement}", "seed": seed, "act": act, "placement": placement,
+                             "test_acc": 0.5 + shift + 0.1 * seed, "stage": "eval"})
+        for placement in ("before", "after"):  # one tuning run per arm of the relu cell, three of the tanh cell
+            for seed in ((100,) if act == "relu" else (100, 101, 102)):
+                rows.append({"run_id": f"t{act}{seed}{placement}", "seed": seed, "act": act, "placement": placement,
+                             "test_acc": 0.9, "stage": "tune"})
+    frame = pd.DataFrame(rows).astype({c: "string[pyarrow]" for c in ("run_id", "act", "placement", "stage")})
+    out = stats.compare(frame, by=["act"], n_resamples=99)
+    assert out["act"].tolist() == ["relu", "tanh"] and out["n_tuning_excluded"].tolist() == [2, 6]
+    assert out["n"].tolist() == [3, 3]
+
+
 def test_the_report_tuning_section_methods_and_caveats(tuned, tmp_path):
     from bnstats.report import Report
 

@@ -87,9 +87,10 @@ def _tuning_excluded(out, tuned, factor, by):
         return 0
     counts = []
     for r in out.to_dict("records"):
-        m = tuned[factor].isin([r["arm"], r["baseline"]]).to_numpy()
+        # np.array copies: a boolean column backed by Arrow converts to a read-only view
+        m = np.array(tuned[factor].isin([r["arm"], r["baseline"]]), dtype=bool)
         for k in by:
-            m &= (tuned[k] == r[k]).to_numpy()
+            m &= np.array(tuned[k] == r[k], dtype=bool)
         counts.append(int(m.sum()))
     return counts
 
