@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -321,22 +322,32 @@ SHIPPED = REPO / "reports" / "examples" / "reference-mnist1d" / "summary.json"
 STORE = REPO / "data" / "reference" / "placement-mnist1d"
 
 
-@pytest.mark.xfail(strict=True, reason="headline_markdown now puts the verdict beside its decision interval, with "
-                   "a footnote (issue 19 item 1): the lead re-renders the reference report, runs `python -m "
-                   "bnstats.report.readme --write README.md` and removes this mark (strict: fails once it matches)")
-def test_readme_reference_section_is_what_the_generator_gives_on_the_shipped_summary():
+TUNED_SUMMARY = REPO / "reports" / "examples" / "reference-mnist1d-tuned" / "summary.json"
+TUNED_STORE = REPO / "data" / "reference" / "placement-mnist1d-tuned"
+
+
+def test_readme_generated_sections_are_what_the_generator_gives_on_the_shipped_studies():
     from bnstats.report import readme
 
-    summary = json.loads(SHIPPED.read_text())
-    assert summary["store_hash"] == report.store_hash(store.load(STORE).runs)  # rendered from the shipped store
-    section = readme.section_text(SHIPPED, STORE)
+    for summ, st in ((SHIPPED, STORE), (TUNED_SUMMARY, TUNED_STORE)):  # each report rendered from its store
+        assert json.loads(summ.read_text())["store_hash"] == report.store_hash(store.load(st).runs)
     text = (REPO / "README.md").read_text()
-    assert text.count(readme.BEGIN) == 1 and text.count(readme.END) == 1
-    got = text[text.index(readme.BEGIN):text.index(readme.END) + len(readme.END)]
-    assert got == section, "README's reference section differs: run `python -m bnstats.report.readme --write README.md`"
-    # the two misstatements of issue 19.8 are gone: the widest inconclusive bound, and the CNN range with tanh
-    assert "+0.98 pp" in section and "below about half a point" not in section
-    assert "cnn 90.50 to 95.53%" in section
+    for begin, end in ((readme.BEGIN, readme.END), (readme.TUNED_BEGIN, readme.TUNED_END),
+                       (readme.HEAD_BEGIN, readme.HEAD_END)):
+        assert text.count(begin) == 1 and text.count(end) == 1
+    assert text == readme.readme_text(text), \
+        "README's generated sections differ: run `python -m bnstats.report.readme --write README.md`"
+    section = readme.section_text(SHIPPED, STORE)
+    assert section in text
+    # the one hand-written number of the README's statistics section: the MLP's interaction in the shipped report
+    inter = pd.read_csv(SHIPPED.parent / "tables" / "interactions.csv")
+    row = inter[(inter["arch"] == "mlp") & (inter["arm"] == "after") & (inter["level"] == "tanh")].iloc[0]
+    assert row["converged"] and f"MLP: {100 * row['estimate']:.2f} pp ({100 * row['ci_low']:.2f} to " \
+        f"{100 * row['ci_high']:.2f})".replace("-", "−") in " ".join(text.split())
+    # the two misstatements of issue 19.8 stay gone: the findings give the inconclusive cells' widest bounds
+    # as "their intervals reach from ... to ...", and the baselines' range per arch lists every activation
+    assert "their intervals reach from" in section and "below about half a point" not in section
+    assert re.search(r"per arch: cnn \d+\.\d\d to \d+\.\d\d% \(\w+ [\d.]+, \w+ [\d.]+, \w+ [\d.]+\)", section)
 
 
 def _row(arch, act, arm, est, lo, hi, verdict, base):
@@ -377,3 +388,73 @@ def test_replace_section_needs_both_markers():
     assert readme.replace_section(text, "NEW") == "intro\nNEW\ntail\n"
     with pytest.raises(ValueError, match="no section between the markers"):
         readme.replace_section("intro\n", "NEW")
+
+
+def _summary(rows, by=("arch", "activation"), **extra):
+    return {"factor": "placement", "baseline": "before", "by": list(by), "parameters": {"p_adjust": "holm"},
+            "metric": "test_acc", "display": {"scale": 100.0, "unit": "%", "diff_unit": "pp", "label": "test accuracy"},
+            "design": {"training": "30 epochs, sgd, lr 0.05"}, "comparisons": rows, **extra}
+
+
+def test_brief_counts_cells_per_verdict_with_ranges_and_the_inconclusive_bounds():
+    from bnstats.report import readme
+
+    s = _summary([_row("cnn", "relu", "after", 0.0011, -0.0018, 0.0040, "inconclusive", 0.948),
+                  _row("cnn", "tanh", "after", -0.0214, -0.0277, -0.0151, "worse", 0.905),
+                  _row("mlp", "tanh", "after", -0.0187, -0.0248, -0.0125, "worse", 0.709),
+                  _row("mlp", "relu", "after", 0.0027, -0.0019, 0.0074, "inconclusive", 0.674),
+                  _row("cnn", "relu", "none", -0.0720, -0.0756, -0.0684, "worse", 0.948),
+                  _row("cnn", "tanh", "none", -0.1372, -0.1430, -0.1314, "worse", 0.905)])
+    assert readme.brief_markdown(s) == (
+        "BN after the activation vs. BN before the activation: worse in 2 of 4 cells (−2.14 to −1.87 pp), "
+        "no detectable difference in 2 of 4 cells (intervals from −0.19 to +0.74 pp); no normalization vs. "
+        "BN before the activation: worse in all 2 cells (−13.72 to −7.20 pp)")
+
+
+def test_changes_list_each_comparison_whose_verdict_tuning_changed_with_both_differences():
+    from bnstats.report import readme
+
+    fixed = _summary([_row("cnn", "relu", "after", 0.0011, -0.0018, 0.0040, "inconclusive", 0.948),
+                      _row("cnn", "tanh", "after", -0.0214, -0.0277, -0.0151, "worse", 0.905),
+                      _row("mlp", "relu", "after", 0.0027, -0.0019, 0.0074, "inconclusive", 0.674)])
+    tuned = _summary([_row("cnn", "relu", "after", -0.0050, -0.0080, -0.0020, "worse", 0.951),
+                      _row("cnn", "tanh", "after", -0.0100, -0.0150, -0.0050, "worse", 0.915),
+                      _row("mlp", "relu", "after", 0.0001, -0.0040, 0.0042, "inconclusive", 0.69),
+                      _row("mlp", "gelu", "after", 0.0001, -0.0040, 0.0042, "inconclusive", 0.69)],  # not in fixed
+                     tuning={"keys": {"lr": [0.025, 0.05, 0.1]}, "seeds": [1000, 1001], "metric": "val_acc",
+                             "rule": "best_mean", "tuning_runs": 36,
+                             "arms": [{"arch": "cnn", "activation": "relu", "placement": p, "chosen": {"lr": lr}}
+                                      for p, lr in (("before", 0.1), ("after", 0.025))]})
+    assert readme.changes_markdown(fixed, tuned) == (
+        "Against the fixed-lr study (the same cells, seeds and test set), tuning changed the verdict of 1 of 3 "
+        "comparisons: cnn, relu, after: inconclusive +0.11 [−0.18 to 0.40] → worse −0.50 [−0.80 to −0.20].")
+    assert readme.chosen_markdown(tuned) == (
+        "Chosen per arm (lr from 0.025, 0.05, 0.1; 2 tuning seeds, val_acc, best_mean; 36 tuning runs, not "
+        "compared): cnn, relu: before 0.1, after 0.025.")
+    # a choice at the edge of its grid is said where the choices are listed (the report's caveat)
+    edged = {**tuned, "tuning": {**tuned["tuning"], "arms": [{**a, "edge": ["lr"]} for a in tuned["tuning"]["arms"]]}}
+    assert readme.chosen_markdown(edged).endswith(
+        "2 of 2 choices lie at an edge of the grid (1 at lr = 0.1, the largest candidate; 1 at lr = 0.025, the "
+        "smallest candidate): a value beyond it might have suited those arms better.")
+    head = readme.headline_section(fixed, tuned)
+    assert " ".join(head.split()).startswith(
+        " ".join(readme.HEAD_BEGIN.split()) + " - **One learning rate for every arm** (30 epochs, sgd, lr 0.05): BN "
+        "after the activation vs. BN before the activation: worse in 1 of 3 cells (−2.14 pp)")
+    assert "Tuning changed the verdict of 1 of 3 comparisons (cnn, relu, after;" in " ".join(head.split())
+    assert head.endswith(readme.HEAD_END)
+    same = readme.changes_markdown(fixed, fixed)
+    assert same.endswith("tuning changed the verdict of 0 of 3 comparisons.")
+
+
+def test_readme_text_replaces_the_three_sections_and_refuses_a_summary_of_other_runs(tmp_path):
+    from bnstats.report import readme
+
+    text = "\n".join(["top", readme.HEAD_BEGIN, "old", readme.HEAD_END, readme.BEGIN, "old", readme.END,
+                      readme.TUNED_BEGIN, "old", readme.TUNED_END, ""])
+    out = readme.readme_text(text, summary=SHIPPED, store=STORE, tuned_summary=SHIPPED, tuned_store=STORE)
+    assert "old" not in out and out.count(readme.TUNED_BEGIN) == 1 and out.startswith("top\n" + readme.HEAD_BEGIN)
+    assert "tuning changed the verdict of 0 of" in " ".join(out.split())
+    bad = tmp_path / "summary.json"
+    bad.write_text(json.dumps({**json.loads(SHIPPED.read_text()), "store_hash": "0" * 64}))
+    with pytest.raises(ValueError, match="store_hash 0000000000000000… is not that of"):
+        readme.readme_text(text, summary=bad, store=STORE, tuned_summary=SHIPPED, tuned_store=STORE)

@@ -441,6 +441,11 @@ def test_the_report_tuning_section_methods_and_caveats(tuned, tmp_path):
     assert set(raw["tuned_baseline"]) == {f"lr = {lr['before']:g}"}
     assert all(v.endswith(f"\nlr = {lr[a]:g}") for v, a in zip(shown["arm (%)"], raw["arm"], strict=True))
     assert "chosen on the validation set" in rep.headline_table(raw, shown, tex, cmp).data
+    # summary.json's design (the README's design line) says the lr was tuned, not the [train] value
+    from bnstats.report.document import pairing_certificate as cert_of
+
+    training = rep.design_summary(cert_of(rep.runs, "placement"))["training"]
+    assert "lr tuned per arm from 0.02/0.1/0.5" in training and "lr 0.05" not in training
 
 
 @pytest.mark.slow

@@ -782,7 +782,7 @@ class Report:
             "factors": {f: [scrub_paths(x) for x in grid.get(f, _uniq(runs, f))] for f in self.res.factors},
             "n_diverged": n_div, "pairing_groups": len(cert),
             "dataset": [scrub_paths(d) for d in _uniq(runs, "dataset")],
-            "training": None if self.imported else training_text(cfg.get("train", {}), grid),
+            "training": None if self.imported else training_text(cfg.get("train", {}), grid, self.tune.candidates),
         }
 
     def write_summary(self, summary: dict) -> None:

@@ -286,8 +286,20 @@ def chosen_markdown(summary: dict[str, Any]) -> str:
         cell = _cell(a, by)
         cells.setdefault(cell, []).append(f"{a[factor]} {', '.join(str(a['chosen'][k]) for k in keys)}")
     listed = "; ".join(f"{c}: {', '.join(v)}" for c, v in cells.items())
-    return (f"Chosen per arm ({cands}; {len(t['seeds'])} tuning seeds, {t['metric']}, {t['rule']}; "
+    text = (f"Chosen per arm ({cands}; {len(t['seeds'])} tuning seeds, {t['metric']}, {t['rule']}; "
             f"{t['tuning_runs']} tuning runs, not compared): {listed}.")
+    edge = [a for a in t["arms"] if a.get("edge")]
+    if edge:  # the report's caveat, stated where the choices are listed: the grid may have stopped too early
+        ends: dict[str, int] = {}
+        for a in edge:
+            for k in a["edge"]:
+                v = a["chosen"][k]
+                side = "largest" if v == max(t["keys"][k]) else "smallest"
+                ends[f"{k} = {v}, the {side} candidate"] = ends.get(f"{k} = {v}, the {side} candidate", 0) + 1
+        where = "; ".join(f"{n} at {e}" for e, n in ends.items())
+        text += (f" {len(edge)} of {len(t['arms'])} choices lie at an edge of the grid ({where}): a value beyond "
+                 "it might have suited those arms better.")
+    return text
 
 
 def tuned_section(summary: dict[str, Any], table: str, fixed: dict[str, Any]) -> str:
