@@ -98,6 +98,16 @@ def _range(values: list[float], summary: dict[str, Any], *, sign: bool) -> str:
     return num(lo, dg, sign=sign) if lo == hi else f"{num(lo, dg, sign=sign)} to {num(hi, dg, sign=sign)}"
 
 
+def _open_range(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str | None:
+    """What the intervals of ``rows`` leave open together, ``−0.19 to +0.98 pp`` (None without intervals)."""
+    lows = [r["ci_low"] for r in rows if r.get("ci_low") is not None]
+    highs = [r["ci_high"] for r in rows if r.get("ci_high") is not None]
+    if not (lows and highs):
+        return None
+    s, dg, du = summary["display"]["scale"], _digits(summary), summary["display"]["diff_unit"]
+    return f"{num(min(lows) * s, dg, sign=True)} to {num(max(highs) * s, dg, sign=True)}{f' {du}' if du else ''}"
+
+
 def _verdict_part(verdict: str, rows: list[dict[str, Any]], n_cells: int, summary: dict[str, Any]) -> str:
     by, du = summary["by"], summary["display"]["diff_unit"]
     unit = f" {du}" if du else ""
@@ -105,14 +115,10 @@ def _verdict_part(verdict: str, rows: list[dict[str, Any]], n_cells: int, summar
     where = f"all {n_cells}" if k == n_cells and n_cells > 1 else f"{k} of {n_cells}"
     listed = "; ".join(f"{_cell(r, by)} {_diff(r, summary)}" for r in rows)
     if verdict == "inconclusive":
-        lows = [r["ci_low"] for r in rows if r.get("ci_low") is not None]
-        highs = [r["ci_high"] for r in rows if r.get("ci_high") is not None]
         text = f"no detectable difference in {where} cells ({listed})"
-        if lows and highs:
-            s, dg = summary["display"]["scale"], _digits(summary)
-            # what the intervals leave open: the honest reading of "no detectable difference"
-            text += (f"; their intervals reach from {num(min(lows) * s, dg, sign=True)} to "
-                     f"{num(max(highs) * s, dg, sign=True)}{unit}, so effects anywhere in that range are not excluded")
+        left_open = _open_range(rows, summary)
+        if left_open:  # the honest reading of "no detectable difference"
+            text += f"; their intervals reach from {left_open}, so effects anywhere in that range are not excluded"
         return text
     rng = f", by {_range([r['estimate'] for r in rows], summary, sign=True)}{unit}" if k > 1 else ""
     return f"{verdict} in {where} cells{rng} ({listed})"
@@ -221,14 +227,8 @@ def _verdict_brief(verdict: str, rows: list[dict[str, Any]], n_cells: int, summa
     k = len(rows)
     where = f"all {n_cells} cells" if k == n_cells and n_cells > 1 else f"{k} of {n_cells} cell{'s' if n_cells > 1 else ''}"
     if verdict == "inconclusive":
-        lows = [r["ci_low"] for r in rows if r.get("ci_low") is not None]
-        highs = [r["ci_high"] for r in rows if r.get("ci_high") is not None]
-        text = f"no detectable difference in {where}"
-        if lows and highs:
-            s, dg = summary["display"]["scale"], _digits(summary)
-            text += (f" (intervals from {num(min(lows) * s, dg, sign=True)} to "
-                     f"{num(max(highs) * s, dg, sign=True)}{unit})")
-        return text
+        left_open = _open_range(rows, summary)
+        return f"no detectable difference in {where}" + (f" (intervals from {left_open})" if left_open else "")
     return f"{verdict} in {where} ({_range([r['estimate'] for r in rows], summary, sign=True)}{unit})"
 
 
