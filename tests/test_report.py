@@ -315,6 +315,25 @@ def test_pairing_certificate_names_the_seed_that_breaks_it(report_sweep):
     assert sorted(cert.loc[~cert["ok"], "seed"]) == [2]
 
 
+def test_a_diverged_runs_order_prefix_does_not_break_the_certificate_but_its_init_still_counts(report_sweep):
+    """A run that diverged stops drawing batches, so its order_hash covers a prefix (the tuned reference study
+    has 4 such runs): its order is left out and counted, its initial weights are still checked."""
+    runs = store.load(report_sweep).runs
+    sel = (runs["seed"] == 1) & (runs["placement"] == "none") & (runs["arch"] == "cnn")
+    div = runs.copy()
+    div.loc[sel, ["diverged", "order_hash"]] = [True, "f" * 16]
+    cert = report.pairing_certificate(div, "placement", factors=["arch", "placement"])
+    assert cert["ok"].all() and cert.loc[cert["n_diverged"] > 0, ["seed", "arch"]].values.tolist() == [[1, "cnn"]]
+    assert cert["n_diverged"].sum() == 1 and (cert["n_order_hash"] == 1).all()
+    div.loc[sel, "init_hash"] = "0" * 16  # a diverged run that did not start from its arms' weights: not paired
+    cert = report.pairing_certificate(div, "placement", factors=["arch", "placement"])
+    assert cert.loc[~cert["ok"], ["seed", "arch"]].values.tolist() == [[1, "cnn"]]
+    div.loc[sel, "diverged"] = False  # the same order mismatch without divergence breaks the certificate
+    div.loc[sel, "init_hash"] = runs.loc[sel, "init_hash"]
+    cert = report.pairing_certificate(div, "placement", factors=["arch", "placement"])
+    assert cert.loc[~cert["ok"], ["seed", "arch"]].values.tolist() == [[1, "cnn"]]
+
+
 def test_store_hash_ignores_row_and_column_order_but_not_content(report_sweep):
     runs = store.load(report_sweep).runs
     h = report.store_hash(runs)

@@ -68,20 +68,31 @@ def pairing_certificate(runs: pd.DataFrame, factor: str, factors: Sequence[str] 
     ``attrs["checked"]`` lists them, and a hash not checked has ``n_<hash>`` <NA>. With none checked,
     ``ok`` is vacuously true: what the pairing of such runs rests on is the imported store's
     ``pairing`` record, which the report shows instead.
+    A diverged run stops drawing batches after the epoch it diverged in, so its ``order_hash`` covers a
+    prefix of the order and cannot equal its arms': its order is left out of ``n_order_hash`` (its
+    ``init_hash`` is checked), and ``n_diverged`` counts such runs per group.
     Evaluation runs only (tuning runs, ``stage == "tune"``, are left out: ``stats.evaluation_runs``).
     """
     factors = list(factors if factors is not None else runs.attrs.get("factors", []))
     runs, _ = evaluation_runs(runs)  # a [tune] sweep's tuning runs are not compared: not certified here
     keys = ["seed", *[f for f in factors if f != factor]]
     checked = [h for h in HASHES if h in runs]
+    diverged = (runs["diverged"].fillna(False).astype(bool) if "diverged" in runs
+                else pd.Series(False, index=runs.index))
+    if "order_hash" in checked:  # a prefix of the order: not comparable (nunique skips the NA)
+        runs = runs.assign(order_hash=runs["order_hash"].where(~diverged.to_numpy()))
+    runs = runs.assign(_diverged=diverged.to_numpy())
     g = runs.groupby(keys, sort=True, observed=True, dropna=False)
     out = g.agg(n_arms=(factor, "nunique"), **{f"n_{h}": (h, "nunique") for h in checked}).reset_index()
+    n_div = g["_diverged"].sum().to_numpy().astype(int)
     out["ok"] = np.ones(len(out), dtype=bool)
     for h in HASHES:
         if h in checked:
-            out["ok"] &= out[f"n_{h}"] == 1
+            # every arm diverged: no order to compare, which is no failure of the pairing
+            out["ok"] &= (out[f"n_{h}"] == 1) | ((out[f"n_{h}"] == 0) & (h == "order_hash"))
         else:
             out.insert(len(out.columns) - 1, f"n_{h}", pd.array([pd.NA] * len(out), dtype="Int64"))
+    out.insert(len(out.columns) - 1, "n_diverged", n_div)
     out.attrs["checked"] = checked
     return out
 

@@ -190,7 +190,8 @@ def design_markdown(summary: dict[str, Any]) -> str:
         text += "; imported runs, paired on seed"
     elif cert["ok"]:
         text += (f". Pairing certificate: in all {d['pairing_groups']} seed × cell groups every arm shares its "
-                 "initial weights and batch order")
+                 "initial weights and batch order" + (" (a diverged run's order up to the epoch it diverged in)"
+                                                       if d.get("n_diverged") else ""))
     else:
         text += (f". Pairing certificate: fails for seed(s) {', '.join(map(str, cert['failing_seeds']))} "
                  f"(of {d['pairing_groups']} seed × cell groups)")
