@@ -584,10 +584,10 @@ def test_the_tuned_reference_config_is_the_reference_study_with_lr_tuned_per_arm
     fixed = config.load(REPO / "configs" / "reference-mnist1d.toml")
     assert tuned_cfg.grid == fixed.grid and tuned_cfg.seeds == fixed.seeds == tuple(range(30))
     assert dataclasses_equal_but(tuned_cfg.train, fixed.train, "lr") and tuned_cfg.model == fixed.model
-    assert tuned_cfg.tune.candidates == (("lr", (0.0125, 0.025, 0.05, 0.1, 0.2)),)
+    assert tuned_cfg.tune.candidates == (("lr", (0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8)),)
     assert tuned_cfg.tune.seeds == (1000, 1001, 1002) and tuned_cfg.data.val_split == 0.1
     arm_list = tune.arms(tuned_cfg)
-    assert len(arm_list) == 18 and sum(len(a.tune_ids()) for a in arm_list) == 270
+    assert len(arm_list) == 18 and sum(len(a.tune_ids()) for a in arm_list) == 18 * 7 * 3
     assert sum(len(a.eval_runs) for a in arm_list) == 540
 
 
