@@ -273,12 +273,21 @@ def _compare_mixed(args: argparse.Namespace) -> int:
     if args.csv:
         table.to_csv(args.csv, index=False)
     from .report import format_for_reading
+    from .report.text import MetricDisplay
 
     cells = list(table.columns[: list(table.columns).index("factor")])
+    # Read as `compare` prints: an accuracy's difference in pp, its unit in the column names (the CSV keeps the
+    # store's fractions, unrounded).
+    disp = MetricDisplay.of(a["metric"])
+    shown = table[[*cells, *MIXED_COLUMNS]].copy()
+    for c in ("estimate", "ci_low", "ci_high"):
+        shown[c] = shown[c] * disp.scale
+    shown = shown.rename(columns={c: disp.with_unit(c, diff=True) for c in ("estimate", "ci_low", "ci_high")})
     print(f"Interaction: {a['metric']} ~ {a['factor']} × other factor, random intercept per seed (REML), per cell; "
-          f"estimate = (arm − {a['baseline']} at level) − (arm − {a['baseline']} at reference), Wald "
-          f"{args.confidence_level:g} CI, p_adj {args.p_adjust}")
-    print(format_for_reading(table[[*cells, *MIXED_COLUMNS]]))
+          f"estimate = (arm − {a['baseline']} at level) − (arm − {a['baseline']} at reference)"
+          f"{f' in {disp.diff_unit}' if disp.diff_unit else ''}, Wald {args.confidence_level:g} CI, "
+          f"p_adj {args.p_adjust}")
+    print(format_for_reading(shown, digits=disp.digits))
     warned = sorted({w for w in table["warnings"] if w})
     for w in warned:
         print(f"statsmodels: {w}")

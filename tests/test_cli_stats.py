@@ -151,6 +151,13 @@ def test_compare_model_mixed_prints_the_interaction_table(sweep, capsys, tmp_pat
     got = pd.read_csv(csv, keep_default_na=False)
     np.testing.assert_array_equal(got["estimate"].to_numpy(float), want["estimate"].to_numpy(float))
     np.testing.assert_array_equal(got["p_adj"].to_numpy(float), want["p_adj"].to_numpy(float))
+    # printed as `compare` prints accuracy differences: in pp, the unit in the header, 2 decimals
+    assert "estimate = (arm − before at level) − (arm − before at reference) in pp" in lines[0]
+    assert "estimate (pp)" in lines[1] and "ci_low (pp)" in lines[1] and "ci_high (pp)" in lines[1]
+    rows = [line for line in lines if line.split()[:1] == ["placement"]]
+    for row, (_, w) in zip(rows, want.iterrows(), strict=True):
+        assert f"{100 * w['estimate']:.2f}" in row and f"{100 * w['ci_low']:.2f}" in row
+        assert f"{w['estimate']:.4f}" not in row  # not the store's fraction
 
 
 @pytest.mark.parametrize("args, names", [

@@ -360,6 +360,13 @@ def test_diverged_runs_are_dropped_counted_and_named(report_sweep, tmp_path):
             "(diverged=&#x27;drop_pair&#x27;): cnn, after: 1") in text
     assert "1 pair(s) with a diverged run dropped" in text
     assert cmp.loc[(cmp["arch"] == "cnn") & (cmp["arm"] == "after"), "n"].item() == 3
+    # the certificate's sentence says what it compared for the diverged run (its init, not its order prefix)
+    cert = report.pairing_certificate(rep.runs, "placement")
+    said = rep._pairing_text(cert)
+    assert said.startswith("<b>yes</b>") and ("1 run diverged and stopped drawing batches: for it only init_hash "
+                                              "is compared") in said
+    assert "diverged" not in report.Report(report_sweep, tmp_path / "out2")._pairing_text(
+        report.pairing_certificate(store.load(report_sweep).runs, "placement"))
 
 
 # --- interactions and seed variance (report/factorial.py) ----------------------------------------------

@@ -599,12 +599,17 @@ class Report:
                          "differences in what was not verified.")
             return text
         bad = cert[~cert["ok"]]
+        n_div = int(cert["n_diverged"].sum())
+        # A diverged run stops drawing batches: its order_hash covers a prefix and is not compared (its init is).
+        diverged = (f" {n_div} {'run' if n_div == 1 else 'runs'} diverged and stopped drawing batches: for "
+                    f"{'it' if n_div == 1 else 'them'} only init_hash is compared (an order_hash covers the batches "
+                    "drawn until divergence)." if n_div else "")
         if bad.empty:
             return (f"<b>yes</b>: in each of the {len(cert)} groups of runs with the same seed and the same "
                     f"{esc(', '.join(self.by)) or 'settings'}, all arms share init_hash (initial weights) and "
-                    "order_hash (batch order).")
+                    f"order_hash (batch order).{diverged}")
         return (f"<b>no</b>: {len(bad)} of {len(cert)} groups have arms with different init_hash or order_hash; "
-                f"seeds {esc(', '.join(map(str, sorted(bad['seed'].unique()))))}.")
+                f"seeds {esc(', '.join(map(str, sorted(bad['seed'].unique()))))}.{diverged}")
 
     def absent(self, kind: str) -> _HTML:
         """One line saying why a figure is not in the report (``"moments"``, ``"association"``,
