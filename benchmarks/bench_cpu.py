@@ -436,7 +436,7 @@ def ref_checkout(rev: str) -> Iterator[tuple[Path, str]]:
 
 
 # An absolute POSIX path where one starts in free text: at the start, after white space, a quote, "=",
-# "(", "[", "," or ":" (`File "/x/y.py"`, `--out /tmp/r.json`, `No such file: '/x'`), so that "s/1000" or
+# "(", "[", "," or ":" (`File "/x/y.py"`, `--out /scratch/r.json`, `No such file: '/x'`), so that "s/1000" or
 # "16/32/64" are left alone.
 _ABSOLUTE = re.compile(r"""(?:^|(?<=[\s"'=(\[,:]))/[\w.+@%~-]+(?:/[\w.+@%~-]*)*""")
 
@@ -444,8 +444,8 @@ _ABSOLUTE = re.compile(r"""(?:^|(?<=[\s"'=(\[,:]))/[\w.+@%~-]+(?:/[\w.+@%~-]*)*"
 def portable(obj: Any, cwd: str | None = None) -> Any:
     """``obj`` (JSON-like: dicts, lists, strings, numbers) with every absolute path in its strings
     rewritten relative to the working directory ``cwd`` (default: this process's), e.g. ``--out
-    /tmp/b.json`` run in ``/work/repo`` becomes ``--out ../../tmp/b.json`` and a traceback's
-    ``/work/repo/bnstats/engine.py`` becomes ``bnstats/engine.py``: a benchmark record names no
+    /scratch/b.json`` run in ``/home/ada/bnstats`` becomes ``--out ../../../scratch/b.json`` and a
+    traceback's ``/home/ada/bnstats/bnstats/engine.py`` becomes ``bnstats/engine.py``: a benchmark record names no
     folder of the machine it ran on (checkouts, temporary folders, home folders differ between
     machines and say nothing about the numbers)."""
     cwd = cwd or os.getcwd()

@@ -133,7 +133,7 @@ class Entry:
 REGISTRY: tuple[Entry, ...] = (
     # Quickstart
     Entry(r"python3 -m pip install -e \.", (T + "test_pip_install_e_gives_the_bnstats_command",),
-          "into a fresh virtualenv that sees /work/venv's packages (no download: --no-deps is not needed, every "
+          "into a fresh virtualenv that sees the test interpreter's packages (no download: --no-deps is not needed, every "
           "requirement is already satisfied; --no-build-isolation so setuptools is not fetched), from a copy of "
           "the tracked files so no egg-info lands in the checkout; then the installed `bnstats` script runs"),
     Entry(r"bnstats sweep --workers 2", (T + "test_quickstart_full_size",),

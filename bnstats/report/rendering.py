@@ -55,9 +55,9 @@ def display_path(path: str | os.PathLike, *, cwd: str | os.PathLike | None = Non
     relative to the working directory when it lies inside it, else ``~/...`` when it lies inside the
     home directory, else only its last component (the runs table's sha256 identifies the store anyway).
 
-    >>> display_path("/work/repo/data/sweep", cwd="/work/repo", home="/root")
+    >>> display_path("/home/ada/proj/data/sweep", cwd="/home/ada/proj", home="/home/ada")
     'data/sweep'
-    >>> display_path("/tmp/x/sweep", cwd="/work/repo", home="/root")
+    >>> display_path("/scratch/x/sweep", cwd="/home/ada/proj", home="/home/ada")
     'sweep'
     """
     text = os.fspath(path)
