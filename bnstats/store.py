@@ -345,14 +345,14 @@ class Store:
                 if store._create_text(meta_path, json.dumps(meta, indent=2, sort_keys=True)) and stored_seeds:
                     store.log(f"{meta_path}: recovered from the runs stored in {where} (every one is a run "
                               f"of this config; seeds {_seed_text(meta['config']['seeds'])})")
+                meta = store._check_identity(identity)  # another launch may have created it first, differently
             else:
-                store._check_identity(identity)  # a refused directory gains nothing (no layout folders)
+                meta = store._check_identity(identity)  # before the layout: a refused directory gains nothing
                 store._make_layout()
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise ConfigError(f"--out: {where!r} is not writable ({exc.strerror})") from None
             raise
-        meta = store._check_identity(identity)
         if set(sweep.seeds) - set(meta["config"]["seeds"]):  # record seeds added later
             with store._lock("adding seeds"):  # read-modify-write: two launches adding seeds keep both
                 meta = store.meta()
