@@ -46,12 +46,14 @@ from .text import (
     cite_sentence,
     comparison_cells,
     design_caveats,
+    fewest_seeds,
     fmt_p,
     grouped_caveats,
     headline_note,
     is_degenerate,
     level_label,
     mean_sd,
+    n_test_text,
     num,
     seed_ranges,
     training_text,
@@ -932,9 +934,8 @@ class Report:
     # --- caveats ----------------------------------------------------------------------------------
     def design_caveats(self, cmp: pd.DataFrame, crossed: pd.DataFrame | None = None) -> list[str]:
         """The design's limits, from the config and the runs (:func:`~bnstats.report.text.design_caveats`)."""
-        ok = cmp["verdict"] != "not estimable"
         return design_caveats(self.runs, config=None if self.imported else self.config, metric=self.metric,
-                              factor=self.factor, by=self.by, n_seeds=int(cmp.loc[ok, "n"].min()) if ok.any() else None,
+                              factor=self.factor, by=self.by, n_seeds=fewest_seeds(cmp),
                               diverged=self.params["diverged"], crossed=crossed is not None and len(crossed) > 0,
                               tuned=bool(self.tune.enabled) or len(self.tune_runs) > 0)
 
@@ -1018,7 +1019,7 @@ class Report:
         d = self.disp
         s, dg = d.scale, d.digits
         lvl = f"{self.level:g}%"
-        size = _test_size(self.runs)
+        size = n_test_text(self.runs)
         if crossed is None or not len(crossed):
             return _HTML(f'<p class="note">Per-example results (test_correct_bits) are not stored with these runs, so '
                          f"the test set's own uncertainty cannot be shown here: every interval in this report covers "
@@ -1374,17 +1375,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-
 def _family_size(cmp: pd.DataFrame) -> int:
     """m, the number of comparisons in the family (estimable rows), as compare() records it."""
     if "family_size" in cmp and len(cmp):
         return int(cmp["family_size"].iloc[0])
     return int((cmp["verdict"] != "not estimable").sum())
-
-
-def _test_size(runs: pd.DataFrame) -> str:
-    """" of 1,000 examples" when every run has the same stored n_test, else ""."""
-    if "n_test" not in runs.columns:
-        return ""
-    sizes = runs["n_test"].dropna().unique()
-    return f" of {int(sizes[0]):,} examples" if len(sizes) == 1 else ""

@@ -19,11 +19,13 @@ from .text import (
     MetricDisplay,
     comparison_cells,
     design_caveats,
+    fewest_seeds,
     fmt_p,
     grouped_caveats,
     headline_note,
     mean_sd,
     num,
+    percent,
 )
 
 
@@ -101,7 +103,7 @@ def headline_markdown(results: Any, *, metric: str = "test_acc", factor: str = "
                         confidence_level=confidence_level, margin=margin)
     desc = stats.describe(runs, metric=metric, factor=factor)
     disp = MetricDisplay.of(metric)
-    lvl = f"{round(100 * float(confidence_level), 6):g}%"
+    lvl = percent(confidence_level)
     by = [c for c in cmp.columns[: list(cmp.columns).index("factor")]]
     lookup = desc.set_index([*by, "arm"])
 
@@ -176,7 +178,7 @@ def compare_text(cmp: pd.DataFrame, *, runs: pd.DataFrame | None = None, config:
     metric, factor, baseline = str(first["metric"]), str(first["factor"]), str(first["baseline"])
     disp = MetricDisplay.of(metric)
     by = list(cmp.columns[: list(cmp.columns).index("factor")])
-    lvl = f"{round(100 * float(first['confidence_level']), 6):g}%"
+    lvl = percent(first["confidence_level"])
     p_adjust = str(first["p_adjust_method"])
     m = int(cmp["family_size"].iloc[0])
     tost = cmp["p_tost_adj"].notna().any()
@@ -206,13 +208,10 @@ def compare_text(cmp: pd.DataFrame, *, runs: pd.DataFrame | None = None, config:
                          margin=bool(tost))
     caveats = []
     if runs is not None:
-        n_min = int(cmp.loc[cmp["verdict"] != "not estimable", "n"].min()) if (cmp["verdict"] != "not estimable").any() else None
-        caveats += design_caveats(runs, config=config, metric=metric, factor=factor, by=by, n_seeds=n_min,
+        caveats += design_caveats(runs, config=config, metric=metric, factor=factor, by=by, n_seeds=fewest_seeds(cmp),
                                   diverged=diverged)
     caveats += grouped_caveats(cmp, by)
     return "\n".join([_wrap(header), "", text_table(rows, right=numeric), "", _wrap(note), *_caveat_lines(caveats)])
-
-
 
 
 def plan_text(plan: pd.DataFrame) -> str:
@@ -229,7 +228,7 @@ def plan_text(plan: pd.DataFrame) -> str:
     disp = MetricDisplay.of(metric)
     s, dg = disp.scale, disp.digits + 1
     by = list(plan.columns[: list(plan.columns).index("factor")])
-    sdl = f"{round(100 * float(first['sd_confidence_level']), 6):g}%"
+    sdl = percent(first["sd_confidence_level"])
     wants = []
     if pd.notna(first["effect"]):
         wants.append(f"power {first['power']:g} to detect {num(first['effect'] * s, dg, sign=True)}"

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..stats import caveat_list, min_p
+from ..stats import caveat_list, evaluation_runs, min_p
 from ..stats.crossed import BITS_COLUMNS
 
 P_ADJUST_NAMES = {"holm": "Holm (1979)", "bh": "Benjamini–Hochberg (1995)", "bonferroni": "Bonferroni"}
@@ -131,6 +131,23 @@ def p_clause(p: float, name: str = "p") -> str:
 
 def _missing(x: Any) -> bool:
     return x is None or bool(pd.isna(x))
+
+
+def percent(confidence_level: float) -> str:
+    """A confidence level as a reader sees it: 0.95 -> "95%" (0.999 -> "99.9%")."""
+    return f"{round(100 * float(confidence_level), 6):g}%"
+
+
+def fewest_seeds(cmp: pd.DataFrame) -> int | None:
+    """The smallest ``n`` (pairs of seeds) of a compare() frame's estimable comparisons; None if there is none."""
+    n = cmp.loc[cmp["verdict"] != "not estimable", "n"]
+    return int(n.min()) if len(n) else None
+
+
+def n_test_text(runs: pd.DataFrame) -> str:
+    """" of 1,000 examples" when every run has the same stored ``n_test``, else ""."""
+    sizes = runs["n_test"].dropna().unique() if "n_test" in runs.columns else []
+    return f" of {int(sizes[0]):,} examples" if len(sizes) == 1 else ""
 
 
 def ci(lo: float, hi: float, digits: int = 2, style: str = "text") -> str:
@@ -278,7 +295,7 @@ def cite_sentence(row: dict[str, Any] | pd.Series, *, by: Sequence[str] = (), fa
         return (f"{subject} could not be compared with {base} in {label}: not estimable, "
                 f"{_plural(n, 'usable pair')} of seeds where 2 are needed{tail}.")
 
-    lvl = f"{round(100 * float(row['confidence_level']), 6):g}%"
+    lvl = percent(row["confidence_level"])
     est = float(row["estimate"]) * s
     adj = f"{P_ADJUST_SHORT.get(row.get('p_adjust_method', ''), 'family')}-adjusted p"
     m = row.get("family_size")
@@ -346,7 +363,7 @@ def cite_sentence(row: dict[str, Any] | pd.Series, *, by: Sequence[str] = (), fa
 
 def headline_note(*, p_adjust: str, family_size: int, confidence_level: float, margin: bool) -> str:
     """The footnote of every headline table: what decides the verdict, and which interval is which."""
-    lvl = f"{round(100 * float(confidence_level), 6):g}%"
+    lvl = percent(confidence_level)
     alpha = f"{1 - float(confidence_level):.6g}"
     fam = _plural(int(family_size), "comparison")
     tost = (", and the TOST p-values against the equivalence margin adjusted the same way (p_tost_adj)"
@@ -410,10 +427,10 @@ def design_caveats(runs: pd.DataFrame, *, config: dict[str, Any] | None = None, 
     """
     out: list[str] = []
     cfg = config or {}
-    tune_runs = None
-    if "stage" in runs.columns:
-        is_tune = runs["stage"].astype(object).eq("tune").to_numpy()
-        tune_runs, runs = runs[is_tune], (runs[~is_tune] if (~is_tune).any() else runs)
+    try:
+        runs, tune_runs = evaluation_runs(runs)
+    except ValueError:  # only tuning runs so far: their limits are still the design's
+        tune_runs = runs
     if tuned is None:
         tuned = tune_runs is not None and len(tune_runs) > 0
     if not tuned:
@@ -437,8 +454,7 @@ def design_caveats(runs: pd.DataFrame, *, config: dict[str, Any] | None = None, 
     if len(datasets) == 1:
         out.append(f"One dataset ({datasets[0]}): the differences may not carry over to other data")
     if metric.startswith("test"):
-        sizes = sorted(int(x) for x in runs["n_test"].dropna().unique()) if "n_test" in runs.columns else []
-        size = f" of {sizes[0]:,} examples" if len(sizes) == 1 else ""
+        size = n_test_text(runs)
         bits = BITS_COLUMNS.get(metric, (None,))[0]
         if crossed:
             tail = "the interval over seeds and test examples (section 'The test set') also covers new test data"
