@@ -233,6 +233,15 @@ class Report:
         10^5 runs)."""
         return store_hash(self.res.runs)
 
+    @functools.cached_property
+    def tuning_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """A [tune] sweep's ``(candidates, choices)`` (:func:`bnstats.report.tuning.frames`), computed once: the
+        headline, the tuning section, Methods, caveats and summary.json read them (0.8 s each on the tuned
+        reference store). Read, never modified."""
+        from . import tuning
+
+        return tuning.frames(self)
+
     # --- output -----------------------------------------------------------------------------------
     def _record(self, path: Path) -> None:
         self.files.append(path.relative_to(self.out).as_posix())
@@ -732,7 +741,7 @@ class Report:
             return {}
         from . import tuning
 
-        _, choices = tuning.frames(self)
+        _, choices = self.tuning_frames
         return {(*(r[k] for k in self.by), r[self.factor]): tuning._values_text(self.tune, r)
                 for r in choices.to_dict("records")}
 
@@ -970,7 +979,7 @@ class Report:
 
         if not self.tune.enabled:
             return []
-        return [_HTML('<p class="methods">' + esc(tuning.methods_text(self, tuning.frames(self)[1])) + "</p>")]
+        return [_HTML('<p class="methods">' + esc(tuning.methods_text(self, self.tuning_frames[1])) + "</p>")]
 
     def tuning_caveats(self) -> list[str]:
         """Caveats of the tuning (a choice at the edge of its grid, ...): ``caveats_block(extra=...)``."""
@@ -978,7 +987,7 @@ class Report:
 
         if not self.tune.enabled:
             return []
-        cand, choices = tuning.frames(self)
+        cand, choices = self.tuning_frames
         return tuning.caveats(self, choices, cand)
 
     def tuning_summary(self) -> dict[str, Any]:

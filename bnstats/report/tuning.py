@@ -216,7 +216,7 @@ def block(rep: Report) -> list[Any]:
     tables ``tuned`` (per arm) and ``tuning`` (per arm and candidate) are written as CSV and TeX."""
     from .document import _HTML
 
-    cand, choices = frames(rep)
+    cand, choices = rep.tuning_frames
     runs_per_arm, epochs_per_arm = budget(rep)
     d = MetricDisplay.of(rep.tune.metric)
     intro = _HTML(
@@ -244,7 +244,7 @@ def block(rep: Report) -> list[Any]:
 
 def summary(rep: Report) -> dict[str, Any]:
     """The tuning protocol and each arm's choice, unrounded, for ``summary.json``."""
-    cand, choices = frames(rep)
+    cand, choices = rep.tuning_frames
     runs_per_arm, epochs_per_arm = budget(rep)
     t = rep.tune
     arms = []
